@@ -1,0 +1,3 @@
+from resinkit_grpc.cli import main
+
+main()

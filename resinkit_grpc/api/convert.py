@@ -1,0 +1,117 @@
+"""Conversions between store rows / Python values and protobuf messages. No validation here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import struct_pb2, timestamp_pb2
+from sqlalchemy import Row
+
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.rules import TaskStatus
+from resinkit_grpc.store.tasks import etag_of
+
+STATUS_TO_PROTO = {
+    status: pb.TaskStatus.Value(f"TASK_STATUS_{status.value}") for status in TaskStatus
+}
+PROTO_TO_STATUS = {number: status for status, number in STATUS_TO_PROTO.items()}
+
+_TIMESTAMP_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "expires_at")
+_STRUCT_FIELDS = (
+    "submitted_configs",
+    "error_info",
+    "result_summary",
+    "execution_details",
+    "progress_details",
+    "notification_config",
+)
+_TEXT_FIELDS = ("task_id", "task_type", "task_name", "description", "created_by")
+
+
+class NonFiniteNumber(ValueError):
+    """A Struct held NaN or an infinity, which JSON cannot store."""
+
+
+def task_to_proto(row: Row[Any]) -> pb.Task:
+    values = row._mapping
+    task = pb.Task(
+        status=STATUS_TO_PROTO[TaskStatus(values["status"])],
+        priority=values["priority"],
+        active=bool(values["active"]),
+        etag=etag_of(values["version"]),
+    )
+    for name in _TEXT_FIELDS:
+        if values[name] is not None:
+            setattr(task, name, values[name])
+    for name in _TIMESTAMP_FIELDS:
+        if values[name] is not None:
+            getattr(task, name).CopyFrom(timestamp_from_datetime(values[name]))
+    for name in _STRUCT_FIELDS:
+        value = values.get(name)
+        if value is not None:
+            getattr(task, name).update(value)
+    if values["tags"]:
+        task.tags.extend(values["tags"])
+    return task
+
+
+def event_to_proto(row: Row[Any]) -> pb.TaskEvent:
+    event = pb.TaskEvent(
+        event_id=row.event_id,
+        task_id=row.task_id,
+        event_type=row.event_type,
+        task_type=row.task_type,
+        timestamp=timestamp_from_datetime(row.timestamp),
+    )
+    if row.event_data is not None:
+        event.event_data.update(row.event_data)
+    if row.previous_status is not None:
+        event.previous_status = STATUS_TO_PROTO[TaskStatus(row.previous_status)]
+    if row.new_status is not None:
+        event.new_status = STATUS_TO_PROTO[TaskStatus(row.new_status)]
+    if row.actor is not None:
+        event.actor = row.actor
+    return event
+
+
+def timestamp_from_datetime(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def datetime_from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON values; integral numbers come back as ints (Struct only has
+    doubles), so stored documents read naturally to other tools."""
+    return {key: _value(value) for key, value in message.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise NonFiniteNumber(number)
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    return None
+
+
+def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message

@@ -1,0 +1,394 @@
+"""Requests in, store inputs out: every check of caller input happens here, and every failure is
+an InvalidArgument naming the offending field, so nothing half-valid reaches the store."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from resinkit_grpc.api.convert import (
+    PROTO_TO_STATUS,
+    NonFiniteNumber,
+    datetime_from_timestamp,
+    struct_to_dict,
+)
+from resinkit_grpc.api.page_tokens import PageTokens, fingerprint
+from resinkit_grpc.errors import FieldViolation, InvalidArgument
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.rules import EventType
+from resinkit_grpc.store.tasks import (
+    MUTABLE_FIELDS,
+    SORT_FIELDS,
+    STATUS_DETAIL_FIELDS,
+    NewTask,
+    SortOrder,
+    StatusChange,
+    TaskQuery,
+)
+
+T = TypeVar("T")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 128
+MAX_NAME_LENGTH = 256
+MAX_DESCRIPTION_LENGTH = 4096
+MAX_SHORT_TEXT = 128
+# Up to ten years; longer is almost certainly a unit mistake.
+MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+OUTPUT_ONLY_FIELDS = frozenset(
+    {
+        "task_id",
+        "task_type",
+        "status",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "submitted_configs",
+        "error_info",
+        "result_summary",
+        "created_by",
+        "active",
+        "etag",
+    }
+)
+EVENT_TYPES = frozenset(event_type.value for event_type in EventType)
+
+
+class Violations:
+    """Collects every problem with a request, so the caller learns of all of them at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def check(self, ok: bool, field: str, description: str) -> None:
+        if not ok:
+            self.add(field, description)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def task_id(value: str, field: str = "task_id") -> str:
+    if not value:
+        raise InvalidArgument.one(field, "is required")
+    if not TASK_ID_PATTERN.fullmatch(value):
+        raise InvalidArgument.one(
+            field, "must be 1 to 128 characters of [A-Za-z0-9._-], starting with a letter or digit"
+        )
+    return value
+
+
+def optional_text(value: str) -> str | None:
+    return value or None
+
+
+def page_size(value: int, field: str = "page_size") -> int:
+    if value < 0:
+        raise InvalidArgument.one(field, "must not be negative")
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def create_task(request: pb.CreateTaskRequest) -> NewTask:
+    problems = Violations()
+    task = request.task
+    new_id = request.task_id or task.task_id
+    if new_id:
+        _collect(problems, lambda: task_id(new_id))
+    else:
+        new_id = str(uuid.uuid4())
+    problems.check(bool(task.task_type), "task.task_type", "is required")
+    problems.check(len(task.task_type) <= MAX_SHORT_TEXT, "task.task_type", "is too long (max 128)")
+    problems.check(
+        task.status in (pb.TASK_STATUS_UNSPECIFIED, pb.TASK_STATUS_PENDING),
+        "task.status",
+        "a new task starts in TASK_STATUS_PENDING; leave status unset",
+    )
+    problems.check(len(request.request_id) <= MAX_SHORT_TEXT, "request_id", "is too long (max 128)")
+    problems.check(
+        len(task.created_by) <= MAX_SHORT_TEXT, "task.created_by", "is too long (max 128)"
+    )
+    _check_texts(problems, task)
+    configs = _struct(problems, task, "submitted_configs") or {}
+    timeout = configs.get("task_timeout_seconds")
+    if timeout is not None and not _valid_timeout(timeout):
+        problems.add(
+            "task.submitted_configs.task_timeout_seconds",
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS}",
+        )
+    new = NewTask(
+        task_id=new_id,
+        task_type=task.task_type,
+        created_by=task.created_by or "system",
+        task_name=optional_text(task.task_name),
+        description=optional_text(task.description),
+        priority=task.priority,
+        submitted_configs=configs,
+        notification_config=_struct(problems, task, "notification_config"),
+        execution_details=_struct(problems, task, "execution_details"),
+        progress_details=_struct(problems, task, "progress_details"),
+        tags=_tags(problems, task.tags),
+        expires_at=_timestamp(problems, task, "expires_at"),
+        timeout_seconds=float(timeout) if timeout is not None else None,
+        request_id=optional_text(request.request_id),
+    )
+    problems.raise_if_any()
+    return new
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    task_id: str
+    changes: dict[str, Any]
+    etag: str | None
+
+
+def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
+    task = request.task
+    the_id = task_id(task.task_id, "task.task_id")
+    paths = list(request.update_mask.paths) or _populated_mutable_fields(task)
+    if not paths:
+        raise InvalidArgument.one("update_mask", "names no field, and no mutable field is set")
+    if "*" in paths:
+        if paths != ["*"]:
+            raise InvalidArgument.one("update_mask", "`*` must be the only path")
+        paths = list(MUTABLE_FIELDS)
+    problems = Violations()
+    for path in dict.fromkeys(paths):
+        if path == "status":
+            problems.add("update_mask", "status is changed with UpdateTaskStatus")
+        elif path in OUTPUT_ONLY_FIELDS:
+            problems.add("update_mask", f"{path} is output only or immutable")
+        elif path not in MUTABLE_FIELDS:
+            problems.add("update_mask", f"{path} is not a field of Task that can be updated")
+    problems.raise_if_any()
+    _check_texts(problems, task)
+    readers: dict[str, Callable[[], Any]] = {
+        "task_name": lambda: optional_text(task.task_name),
+        "description": lambda: optional_text(task.description),
+        "priority": lambda: task.priority,
+        "tags": lambda: _tags(problems, task.tags),
+        "expires_at": lambda: _timestamp(problems, task, "expires_at"),
+    }
+    changes = {
+        path: readers[path]() if path in readers else _struct(problems, task, path)
+        for path in dict.fromkeys(paths)
+    }
+    problems.raise_if_any()
+    return TaskUpdate(the_id, changes, optional_text(task.etag))
+
+
+def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
+    the_id = task_id(request.task_id)
+    if request.status == pb.TASK_STATUS_UNSPECIFIED:
+        raise InvalidArgument.one("status", "is required")
+    status = PROTO_TO_STATUS.get(request.status)
+    if status is None:
+        raise InvalidArgument.one("status", f"{request.status} is not a TaskStatus")
+    problems = Violations()
+    problems.check(len(request.actor) <= MAX_SHORT_TEXT, "actor", "is too long (max 128)")
+    details = {}
+    for name in STATUS_DETAIL_FIELDS:
+        value = _struct(problems, request, name, prefix="")
+        if value is not None:
+            details[name] = value
+    problems.raise_if_any()
+    return StatusChange(
+        task_id=the_id,
+        status=status,
+        details=details,
+        actor=optional_text(request.actor),
+        etag=optional_text(request.etag),
+    )
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    query: TaskQuery
+    order: SortOrder
+    after: tuple[Any, str] | None
+    page_size: int
+    full: bool
+    fingerprint: str
+
+
+def list_tasks(request: pb.ListTasksRequest, tokens: PageTokens) -> TaskPage:
+    problems = Violations()
+    f = request.filter
+    statuses = []
+    for number in f.statuses:
+        status = PROTO_TO_STATUS.get(number)
+        if status is None:
+            problems.add("filter.statuses", f"{number} is not a TaskStatus")
+        else:
+            statuses.append(status.value)
+    query = TaskQuery(
+        statuses=tuple(sorted(set(statuses))),
+        task_types=tuple(sorted(set(f.task_types))),
+        created_by=optional_text(f.created_by),
+        name_contains=optional_text(f.name_contains),
+        tags_any=tuple(sorted(set(f.tags_any))),
+        tags_all=tuple(sorted(set(f.tags_all))),
+        created_after=_timestamp(problems, f, "created_after", prefix="filter."),
+        created_before=_timestamp(problems, f, "created_before", prefix="filter."),
+        show_deleted=request.show_deleted,
+    )
+    order = _collect(problems, lambda: order_by(request.order_by))
+    size = _collect(problems, lambda: page_size(request.page_size))
+    problems.raise_if_any()
+    assert order is not None and size is not None
+    digest = fingerprint(query, order)
+    after = None
+    if request.page_token:
+        after = _task_position(tokens.decode(request.page_token, digest), order)
+    view = request.view or pb.TASK_VIEW_BASIC
+    return TaskPage(query, order, after, size, view == pb.TASK_VIEW_FULL, digest)
+
+
+def task_position(row_value: Any, row_task_id: str) -> list[Any]:
+    """The keyset position of a row, as it is written into a page token."""
+    value = row_value.isoformat() if isinstance(row_value, datetime) else row_value
+    return [value, row_task_id]
+
+
+def order_by(text: str) -> SortOrder:
+    words = text.replace(",", " , ").split()
+    if not words:
+        return SortOrder()
+    field = words[0]
+    direction = words[1].lower() if len(words) == 2 else "asc"
+    if field not in SORT_FIELDS or len(words) > 2 or direction not in ("asc", "desc"):
+        raise InvalidArgument.one(
+            "order_by",
+            "must be one of created_at, updated_at, priority, optionally followed by asc or desc",
+        )
+    return SortOrder(field, direction == "desc")
+
+
+@dataclass(frozen=True)
+class EventPage:
+    task_id: str | None
+    event_types: tuple[str, ...]
+    after_event_id: int
+    page_size: int
+    fingerprint: str
+
+
+def list_task_events(request: pb.ListTaskEventsRequest, tokens: PageTokens) -> EventPage:
+    the_id = task_id(request.task_id) if request.task_id else None
+    types = event_types(request.event_types)
+    size = page_size(request.page_size)
+    digest = fingerprint(the_id, types)
+    after = 0
+    if request.page_token:
+        position = tokens.decode(request.page_token, digest)
+        if len(position) != 1 or not isinstance(position[0], int):
+            raise InvalidArgument.one("page_token", "is not a page token this service issued")
+        after = position[0]
+    return EventPage(the_id, types, after, size, digest)
+
+
+def event_types(values: Iterable[str], field: str = "event_types") -> tuple[str, ...]:
+    unknown = sorted(set(values) - EVENT_TYPES)
+    if unknown:
+        raise InvalidArgument.one(
+            field,
+            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(sorted(EVENT_TYPES))}",
+        )
+    return tuple(sorted(set(values)))
+
+
+def _task_position(position: list[Any], order: SortOrder) -> tuple[Any, str]:
+    bad = InvalidArgument.one("page_token", "is not a page token this service issued")
+    if len(position) != 2 or not isinstance(position[1], str):
+        raise bad
+    value = position[0]
+    if order.field == "priority":
+        if not isinstance(value, int):
+            raise bad
+        return value, position[1]
+    try:
+        return datetime.fromisoformat(value), position[1]
+    except (TypeError, ValueError):
+        raise bad from None
+
+
+def _populated_mutable_fields(task: pb.Task) -> list[str]:
+    populated = {descriptor.name for descriptor, _ in task.ListFields()}
+    return [name for name in MUTABLE_FIELDS if name in populated]
+
+
+def _check_texts(problems: Violations, task: pb.Task) -> None:
+    problems.check(
+        len(task.task_name) <= MAX_NAME_LENGTH, "task.task_name", "is too long (max 256)"
+    )
+    problems.check(
+        len(task.description) <= MAX_DESCRIPTION_LENGTH,
+        "task.description",
+        "is too long (max 4096)",
+    )
+
+
+def _tags(problems: Violations, values: Sequence[str]) -> list[str] | None:
+    tags = list(dict.fromkeys(values))
+    problems.check(len(tags) <= MAX_TAGS, "task.tags", f"at most {MAX_TAGS} tags")
+    for tag in tags:
+        if not tag or len(tag) > MAX_TAG_LENGTH:
+            problems.add("task.tags", f"each tag must be 1 to {MAX_TAG_LENGTH} characters")
+            break
+    return tags or None
+
+
+def _struct(
+    problems: Violations, message: Any, name: str, prefix: str = "task."
+) -> dict[str, Any] | None:
+    if not message.HasField(name):
+        return None
+    value: struct_pb2.Struct = getattr(message, name)
+    try:
+        return struct_to_dict(value)
+    except NonFiniteNumber:
+        problems.add(prefix + name, "numbers must be finite (JSON has no NaN or Infinity)")
+        return None
+
+
+def _timestamp(
+    problems: Violations, message: Any, name: str, prefix: str = "task."
+) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, name)
+    try:
+        return datetime_from_timestamp(stamp)
+    except (ValueError, OverflowError):
+        problems.add(prefix + name, "is not a valid timestamp")
+        return None
+
+
+def _valid_timeout(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 < value <= MAX_TIMEOUT_SECONDS
+    )
+
+
+def _collect(problems: Violations, parse: Callable[[], T]) -> T | None:
+    try:
+        return parse()
+    except InvalidArgument as exc:
+        problems.items.extend(exc.violations)
+        return None

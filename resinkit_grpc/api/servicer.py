@@ -1,0 +1,110 @@
+"""TaskService: thin handlers. Each parses its request, runs one store operation, converts the
+result. The servicer never opens a transaction; Database does, around a store operation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from resinkit_grpc.api import parse
+from resinkit_grpc.api.convert import event_to_proto, task_to_proto
+from resinkit_grpc.api.page_tokens import PageTokens
+from resinkit_grpc.api.status import translate_errors
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from resinkit_grpc.store import events, tasks
+from resinkit_grpc.store.database import Database
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class TaskService(pb_grpc.TaskServiceServicer):
+    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
+        self._db = database
+        self._tokens = page_tokens
+
+    @translate_errors
+    async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.Task:
+        row = await self._db.write(tasks.create_task, parse.create_task(request))
+        return task_to_proto(row)
+
+    @translate_errors
+    async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
+        full = request.view != pb.TASK_VIEW_BASIC
+        row = await self._db.read(tasks.get_task, parse.task_id(request.task_id), full=full)
+        return task_to_proto(row)
+
+    @translate_errors
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: Context
+    ) -> pb.ListTasksResponse:
+        page = parse.list_tasks(request, self._tokens)
+        rows = await self._db.read(
+            tasks.list_tasks,
+            page.query,
+            page.order,
+            after=page.after,
+            limit=page.page_size + 1,
+            full=page.full,
+        )
+        response = pb.ListTasksResponse(
+            tasks=[task_to_proto(row) for row in rows[: page.page_size]]
+        )
+        if len(rows) > page.page_size:
+            last = rows[page.page_size - 1]
+            position = parse.task_position(getattr(last, page.order.field), last.task_id)
+            response.next_page_token = self._tokens.encode(page.fingerprint, position)
+        return response
+
+    @translate_errors
+    async def UpdateTask(self, request: pb.UpdateTaskRequest, context: Context) -> pb.Task:
+        update = parse.update_task(request)
+        row = await self._db.write(tasks.update_task, update.task_id, update.changes, update.etag)
+        return task_to_proto(row)
+
+    @translate_errors
+    async def UpdateTaskStatus(
+        self, request: pb.UpdateTaskStatusRequest, context: Context
+    ) -> pb.Task:
+        row = await self._db.write(tasks.update_task_status, parse.status_change(request))
+        return task_to_proto(row)
+
+    @translate_errors
+    async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Context) -> pb.Task:
+        task_id = parse.task_id(request.task_id)
+        row = await self._db.write(tasks.delete_task, task_id, parse.optional_text(request.etag))
+        return task_to_proto(row)
+
+    @translate_errors
+    async def UndeleteTask(self, request: pb.UndeleteTaskRequest, context: Context) -> pb.Task:
+        row = await self._db.write(tasks.undelete_task, parse.task_id(request.task_id))
+        return task_to_proto(row)
+
+    @translate_errors
+    async def ListTaskEvents(
+        self, request: pb.ListTaskEventsRequest, context: Context
+    ) -> pb.ListTaskEventsResponse:
+        page = parse.list_task_events(request, self._tokens)
+        rows = await self._db.read(
+            events.list_task_events,
+            page.task_id,
+            page.event_types,
+            after_event_id=page.after_event_id,
+            limit=page.page_size + 1,
+        )
+        response = pb.ListTaskEventsResponse(
+            events=[event_to_proto(row) for row in rows[: page.page_size]]
+        )
+        if len(rows) > page.page_size:
+            position = [rows[page.page_size - 1].event_id]
+            response.next_page_token = self._tokens.encode(page.fingerprint, position)
+        return response
+
+    async def WatchTaskEvents(
+        self, request: pb.WatchTaskEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
+        # Declared in v1; the gap-free stream is its own piece of work (not built yet).
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchTaskEvents is not available yet")
+        yield pb.WatchTaskEventsResponse()

@@ -1,0 +1,152 @@
+"""The one place where domain errors become gRPC statuses with google.rpc details."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from resinkit_grpc.errors import (
+    EtagMismatch,
+    InvalidArgument,
+    InvalidTransition,
+    ResinkitError,
+    StorageUnavailable,
+    TaskAlreadyExists,
+    TaskNotFound,
+    TaskStateConflict,
+)
+
+DOMAIN = "resinkit.v1"
+log = logging.getLogger(__name__)
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Handler = Callable[[Any, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]
+
+
+def to_status(error: ResinkitError) -> status_pb2.Status:
+    """A google.rpc.Status for a domain error: canonical code, safe message, ErrorInfo and,
+    where it helps the caller, BadRequest or PreconditionFailure."""
+    details: list[Any] = []
+    metadata: dict[str, str] = {}
+    task_id = getattr(error, "task_id", None)
+    if task_id is not None:
+        metadata["task_id"] = task_id
+    match error:
+        case InvalidArgument():
+            code, reason = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in error.violations
+                    ]
+                )
+            )
+        case TaskNotFound():
+            code, reason = code_pb2.NOT_FOUND, "TASK_NOT_FOUND"
+            details.append(
+                error_details_pb2.ResourceInfo(
+                    resource_type="resinkit.v1.Task",
+                    resource_name=error.task_id,
+                    description=error.message,
+                )
+            )
+        case TaskAlreadyExists():
+            code, reason = code_pb2.ALREADY_EXISTS, "TASK_ALREADY_EXISTS"
+            details.append(
+                error_details_pb2.ResourceInfo(
+                    resource_type="resinkit.v1.Task",
+                    resource_name=error.task_id,
+                    description=error.message,
+                )
+            )
+        case EtagMismatch():
+            code, reason = code_pb2.ABORTED, "ETAG_MISMATCH"
+        case InvalidTransition():
+            code, reason = code_pb2.FAILED_PRECONDITION, "INVALID_STATUS_TRANSITION"
+            metadata["current_status"] = error.current.value
+            metadata["requested_status"] = error.requested.value
+            metadata["allowed_next_statuses"] = ",".join(s.value for s in error.allowed)
+            details.append(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="STATUS_TRANSITION",
+                            subject=f"tasks/{error.task_id}",
+                            description=error.message,
+                        )
+                    ]
+                )
+            )
+        case TaskStateConflict():
+            code, reason = code_pb2.FAILED_PRECONDITION, error.reason
+            details.append(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=error.reason,
+                            subject=f"tasks/{error.task_id}",
+                            description=error.message,
+                        )
+                    ]
+                )
+            )
+        case StorageUnavailable():
+            code, reason = code_pb2.UNAVAILABLE, "STORAGE_UNAVAILABLE"
+            details.append(error_details_pb2.RetryInfo(retry_delay={"nanos": 200_000_000}))
+        case _:
+            code, reason = code_pb2.INTERNAL, "INTERNAL"
+    details.insert(0, error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
+    return _status(code, error.message, details)
+
+
+def internal_error() -> status_pb2.Status:
+    return _status(
+        code_pb2.INTERNAL,
+        "internal error; it has been logged",
+        [error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN)],
+    )
+
+
+def _status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    return status_pb2.Status(code=code, message=message, details=packed)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+    # grpc-stubs predates abort_with_status on the aio context.
+    await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+
+
+def translate_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
+    """Turns domain errors into their statuses; anything unexpected is logged and becomes a bare
+    INTERNAL, so no exception text or stack trace ever reaches a caller."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Any, request: Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Response:
+        try:
+            return await handler(self, request, context)
+        except ResinkitError as error:
+            await abort(context, to_status(error))
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            await abort(context, internal_error())
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper

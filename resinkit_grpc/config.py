@@ -1,0 +1,29 @@
+"""The one Settings object, built by the CLI from flags and RESINKIT_* environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    address: str = "127.0.0.1:50051"
+    database_url: str = "sqlite:///sqlite.db"
+    # Seconds in-flight RPCs get to finish after SIGTERM/SIGINT.
+    grace_period: float = 10.0
+    # Threads running read transactions (writes have one thread of their own).
+    read_threads: int = 4
+    # SQLite: how long a writer waits for another process's write lock, in seconds.
+    sqlite_busy_timeout: float = 5.0
+    # SQLite: NORMAL (WAL: durable against process crashes, may lose the last commits on power
+    # loss) or FULL (fsync on every commit).
+    sqlite_synchronous: str = "NORMAL"
+    # PostgreSQL connection pool, per engine.
+    pool_size: int = 8
+    pool_max_overflow: int = 4
+    pool_timeout: float = 10.0
+    # WatchTaskEvents.
+    heartbeat_interval: float = 15.0
+    max_watchers: int = 2000
+    watch_buffer: int = 1000
+    log_level: str = "INFO"

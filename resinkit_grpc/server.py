@@ -1,0 +1,83 @@
+"""Builds and runs the aio server: migrations first, then TaskService, health and reflection;
+on SIGTERM/SIGINT health goes NOT_SERVING and in-flight RPCs get a grace period."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from resinkit_grpc.api.page_tokens import PageTokens
+from resinkit_grpc.api.servicer import TaskService
+from resinkit_grpc.config import Settings
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from resinkit_grpc.store.database import Database
+from resinkit_grpc.store.migrations import migrate
+from resinkit_grpc.store.tasks import load_or_create_secret
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
+SERVER_OPTIONS = [
+    # Never share a port with another process: a second server on the same address must fail.
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+]
+
+
+class ServerError(RuntimeError):
+    """The server cannot start; the message is one line for the operator."""
+
+
+class Server:
+    """One running instance: the database, the gRPC server and its health status."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.database = Database(settings)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.port = 0
+
+    async def start(self) -> None:
+        revision = await asyncio.to_thread(migrate, self.database.writer_engine)
+        log.info("database at revision %s", revision)
+        secret = await self.database.write(load_or_create_secret, "page_tokens")
+        service = TaskService(self.database, PageTokens(bytes.fromhex(secret)))
+        pb_grpc.add_TaskServiceServicer_to_server(service, self.grpc_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
+        )
+        try:
+            self.port = self.grpc_server.add_insecure_port(self.settings.address)
+        except RuntimeError as exc:
+            raise ServerError(f"cannot listen on {self.settings.address}") from exc
+        await self.grpc_server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        host = self.settings.address.rsplit(":", 1)[0]
+        # Tests and scripts read this line to find the port when the address ends in :0.
+        print(f"serving on {host}:{self.port}", flush=True)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(self.settings.grace_period)
+        await asyncio.to_thread(self.database.close)
+
+
+async def serve(settings: Settings) -> None:
+    server = Server(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await server.start()
+    await stopping.wait()
+    log.info("shutting down: %.1f s grace for in-flight RPCs", settings.grace_period)
+    await server.stop()

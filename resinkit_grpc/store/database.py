@@ -1,0 +1,91 @@
+"""The only owner of connections: runs store operations in transactions off the event loop.
+
+Writes run one at a time on a dedicated thread (SQLite has one writer anyway; a single writer
+per process also means this process never contends with itself for the lock). Reads run on a
+small pool beside it; WAL lets them proceed while the writer works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Concatenate, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from resinkit_grpc.config import Settings
+from resinkit_grpc.errors import StorageUnavailable
+from resinkit_grpc.store.engine import create_engines
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Operation = Callable[Concatenate[Connection, P], T]
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        self.writer_engine: Engine
+        self.reader_engine: Engine
+        self.writer_engine, self.reader_engine = create_engines(settings)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="resinkit-writer")
+        self._readers = ThreadPoolExecutor(
+            settings.read_threads, thread_name_prefix="resinkit-read"
+        )
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    @property
+    def dialect(self) -> str:
+        return self.writer_engine.dialect.name
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Calls `listener` on the event loop after every write this process commits."""
+        self._commit_listeners.append(listener)
+
+    async def write(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Runs `operation(connection, ...)` in one write transaction: all of it commits or none."""
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._writer, lambda: self.run_write(operation, *args, **kwargs)
+        )
+        for listener in self._commit_listeners:
+            listener()
+        return result
+
+    async def read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Runs `operation(connection, ...)` in one read transaction (a consistent snapshot)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._readers, lambda: self.run_read(operation, *args, **kwargs)
+        )
+
+    def run_write(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(self.writer_engine, operation, *args, **kwargs)
+
+    def run_read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(self.reader_engine, operation, *args, **kwargs)
+
+    @staticmethod
+    def _run(engine: Engine, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            with engine.begin() as connection:
+                return operation(connection, *args, **kwargs)
+        except (OperationalError, PoolTimeout) as exc:
+            log.warning("database unavailable: %s", exc)
+            raise StorageUnavailable("the database is unavailable; retry later") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                log.warning("database connection lost: %s", exc)
+                raise StorageUnavailable("the database connection was lost; retry later") from exc
+            raise
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.writer_engine.dispose()
+        self.reader_engine.dispose()

@@ -1,0 +1,91 @@
+"""Engines per dialect: SQLite pragmas and transaction modes, PostgreSQL pools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from resinkit_grpc.config import Settings
+
+
+class DatabaseURLError(ValueError):
+    """The database URL cannot be used; the message is one line for the operator."""
+
+
+SUPPORTED_DRIVERS = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}
+
+
+def parse_url(raw: str) -> URL:
+    try:
+        url = make_url(raw)
+    except ArgumentError as exc:
+        raise DatabaseURLError(f"cannot parse database URL {raw!r}") from exc
+    drivers = SUPPORTED_DRIVERS.get(url.get_backend_name())
+    if drivers is None or url.get_driver_name() not in drivers:
+        raise DatabaseURLError(
+            f"unsupported database URL {url.render_as_string(hide_password=True)!r}: "
+            "use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        )
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise DatabaseURLError("an in-memory SQLite database cannot be shared: give a file path")
+    return url
+
+
+def create_engines(settings: Settings) -> tuple[Engine, Engine]:
+    """Returns (writer, reader) engines for the configured database."""
+    url = parse_url(settings.database_url)
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _sqlite_engine(url, settings, immediate=True), _sqlite_engine(
+                url, settings, immediate=False
+            )
+        return _postgres_engine(url, settings), _postgres_engine(url, settings)
+    except NoSuchModuleError as exc:  # pragma: no cover - guarded by parse_url
+        raise DatabaseURLError(f"no driver for {url.drivername}") from exc
+
+
+def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
+    engine = create_engine(
+        url,
+        pool_size=1 if immediate else settings.read_threads,
+        max_overflow=0,
+        pool_pre_ping=False,
+    )
+    busy_ms = int(settings.sqlite_busy_timeout * 1000)
+    synchronous = settings.sqlite_synchronous
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so that BEGIN is ours
+        # (SQLAlchemy's documented recipe for pysqlite).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    # A writer takes the write lock when its transaction begins, never half-way through: a
+    # deferred transaction that reads first and upgrades later fails at once with "database is
+    # locked" when another process writes, without waiting for busy_timeout.
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)
+
+    return engine
+
+
+def _postgres_engine(url: URL, settings: Settings) -> Engine:
+    return create_engine(
+        url,
+        pool_size=settings.pool_size,
+        max_overflow=settings.pool_max_overflow,
+        pool_pre_ping=True,
+        pool_timeout=settings.pool_timeout,
+    )

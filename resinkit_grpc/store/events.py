@@ -1,0 +1,101 @@
+"""The event log: appending events inside a task operation's transaction, and reading them back
+in `event_id` order (history pages and the watch tail alike)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Row, Table, exists, func, insert, select
+
+from resinkit_grpc.errors import TaskNotFound
+from resinkit_grpc.rules import EventType, TaskStatus
+from resinkit_grpc.store.models import Task, TaskEvent
+
+events = cast(Table, TaskEvent.__table__)
+tasks = cast(Table, Task.__table__)
+
+# Events carry their task's type (immutable) so watchers can filter on it.
+EVENT_COLUMNS = (*events.c, tasks.c.task_type)
+
+
+def append_event(
+    connection: Connection,
+    task_id: str,
+    event_type: EventType,
+    timestamp: datetime,
+    *,
+    event_data: Mapping[str, Any] | None = None,
+    previous_status: TaskStatus | None = None,
+    new_status: TaskStatus | None = None,
+    actor: str | None = None,
+) -> None:
+    """Appends one event. Called last in every write transaction: the event's id is taken as
+    late as possible, so ids follow commit order as closely as the backend allows."""
+    connection.execute(
+        insert(events).values(
+            task_id=task_id,
+            event_type=event_type.value,
+            event_data=None if event_data is None else dict(event_data),
+            previous_status=None if previous_status is None else previous_status.value,
+            new_status=None if new_status is None else new_status.value,
+            timestamp=timestamp,
+            actor=actor,
+        )
+    )
+
+
+def read_events(
+    connection: Connection,
+    *,
+    after_event_id: int,
+    limit: int,
+    task_ids: Sequence[str] = (),
+    task_types: Sequence[str] = (),
+    event_types: Sequence[str] = (),
+) -> list[Row[Any]]:
+    """Events with event_id > after_event_id matching every non-empty filter, in event_id order."""
+    statement = (
+        select(*EVENT_COLUMNS)
+        .join(tasks, tasks.c.task_id == events.c.task_id)
+        .where(events.c.event_id > after_event_id)
+        .order_by(events.c.event_id)
+        .limit(limit)
+    )
+    if task_ids:
+        statement = statement.where(events.c.task_id.in_(task_ids))
+    if task_types:
+        statement = statement.where(tasks.c.task_type.in_(task_types))
+    if event_types:
+        statement = statement.where(events.c.event_type.in_(event_types))
+    return list(connection.execute(statement))
+
+
+def list_task_events(
+    connection: Connection,
+    task_id: str | None,
+    event_types: Sequence[str],
+    *,
+    after_event_id: int,
+    limit: int,
+) -> list[Row[Any]]:
+    """A task's history (every task's when task_id is None); an unknown task is NOT_FOUND."""
+    if (
+        task_id is not None
+        and not connection.execute(select(exists().where(tasks.c.task_id == task_id))).scalar_one()
+    ):
+        raise TaskNotFound(task_id)
+    return read_events(
+        connection,
+        after_event_id=after_event_id,
+        limit=limit,
+        task_ids=(task_id,) if task_id else (),
+        event_types=event_types,
+    )
+
+
+def last_event_id(connection: Connection) -> int:
+    return int(
+        connection.execute(select(func.coalesce(func.max(events.c.event_id), 0))).scalar_one()
+    )

@@ -1,0 +1,128 @@
+"""The schema: SQLAlchemy 2 typed models. Alembic migrations are checked against these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from resinkit_grpc.rules import TaskStatus
+from resinkit_grpc.store.types import JSONString, UTCDateTime
+
+# Named constraints, so that batch migrations on SQLite (which rebuild tables) can find them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite keeps booleans as 0/1; the partial indexes must use the very predicate queries use.
+SQLITE_ACTIVE_ONLY = text("active = 1")
+POSTGRES_ACTIVE_ONLY = text("active")
+
+STATUS_NAMES = ", ".join(f"'{s.value}'" for s in TaskStatus)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Task(Base):
+    """One row per task. Column names are those of the task store this service replaces."""
+
+    __tablename__ = "tasks"
+
+    task_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    task_type: Mapped[str] = mapped_column(Text)
+    task_name: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), server_default=TaskStatus.PENDING.value)
+    priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    submitted_configs: Mapped[dict[str, Any]] = mapped_column(JSONString)
+    error_info: Mapped[dict[str, Any] | None] = mapped_column(JSONString)
+    result_summary: Mapped[dict[str, Any] | None] = mapped_column(JSONString)
+    execution_details: Mapped[dict[str, Any] | None] = mapped_column(JSONString)
+    progress_details: Mapped[dict[str, Any] | None] = mapped_column(JSONString)
+    created_by: Mapped[str] = mapped_column(Text)
+    notification_config: Mapped[dict[str, Any] | None] = mapped_column(JSONString)
+    tags: Mapped[list[str] | None] = mapped_column(JSONString)
+    active: Mapped[bool] = mapped_column(server_default=text("true"))
+    # Added by this service: the idempotency key of CreateTask, and a counter behind the etag.
+    request_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+
+    __table_args__ = (
+        CheckConstraint(f"status IN ({STATUS_NAMES})", name="status"),
+        Index(
+            "ix_tasks_status",
+            "status",
+            sqlite_where=SQLITE_ACTIVE_ONLY,
+            postgresql_where=POSTGRES_ACTIVE_ONLY,
+        ),
+        Index(
+            "ix_tasks_task_type",
+            "task_type",
+            sqlite_where=SQLITE_ACTIVE_ONLY,
+            postgresql_where=POSTGRES_ACTIVE_ONLY,
+        ),
+        # Keyset pagination walks these: one per sort order, task_id breaking ties.
+        Index("ix_tasks_created_at", "created_at", "task_id"),
+        Index("ix_tasks_updated_at", "updated_at", "task_id"),
+        Index("ix_tasks_priority", "priority", "task_id"),
+        Index("ix_tasks_created_by", "created_by"),
+        Index("ix_tasks_expires_at", "expires_at"),
+    )
+
+
+class TaskEvent(Base):
+    """One row per change; `event_id` is the global order of events and the watch cursor."""
+
+    __tablename__ = "task_events"
+
+    # AUTOINCREMENT on SQLite: an id is never handed out twice, even after the largest row is
+    # purged, so a watcher resuming after it cannot skip a new event that reused it.
+    event_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    task_id: Mapped[str] = mapped_column(Text, ForeignKey("tasks.task_id"))
+    event_type: Mapped[str] = mapped_column(Text)
+    event_data: Mapped[dict[str, Any] | None] = mapped_column(JSONString)
+    previous_status: Mapped[str | None] = mapped_column(String(16))
+    new_status: Mapped[str | None] = mapped_column(String(16))
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_task_events_task_id", "task_id", "event_id"),
+        Index("ix_task_events_timestamp", "timestamp"),
+        Index("ix_task_events_event_type", "event_type"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class ServiceSecret(Base):
+    """Secrets every replica must share, e.g. the key that signs page tokens. Made at first boot."""
+
+    __tablename__ = "service_secrets"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

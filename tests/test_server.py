@@ -1,0 +1,126 @@
+"""The server process: health, reflection, shutdown, persistence, and start-up failures."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from tests.rpc import create
+from tests.servers import ServerProcess
+
+
+def health_status(server: ServerProcess, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(server.channel())
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_health_is_serving_for_the_server_and_the_task_service(server: ServerProcess) -> None:
+    assert health_status(server) == health_pb2.HealthCheckResponse.SERVING
+    assert health_status(server, "resinkit.v1.TaskService") == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_and_describes_the_task_service(server: ServerProcess) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel())
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="resinkit.v1.TaskService"),
+    ]
+    listed, described = list(stub.ServerReflectionInfo(iter(requests)))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"resinkit.v1.TaskService", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto
+
+
+def test_tasks_survive_a_restart(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    first = start_server()
+    task = create(first.stub(), task_name="durable")
+    assert first.stop() == 0
+    second = start_server(database_url=first.database_url)
+    assert second.stub().GetTask(pb.GetTaskRequest(task_id=task.task_id)) == task
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_finishes_in_flight_rpcs_and_exits_zero(
+    start_server: Callable[..., ServerProcess], signum: int
+) -> None:
+    server = start_server()
+    stub = server.stub()
+    results: list[pb.Task] = []
+    errors: list[BaseException] = []
+
+    def write_many() -> None:
+        try:
+            for _ in range(200):
+                results.append(create(stub))
+        except grpc.RpcError as error:
+            errors.append(error)
+
+    writer = threading.Thread(target=write_many)
+    writer.start()
+    while len(results) < 20:
+        pass
+    server.send(signum)
+    writer.join(30)
+    assert server.wait() == 0
+    # Every acknowledged create is stored. A call that arrives once shutdown has begun is refused
+    # by gRPC itself (UNAVAILABLE, or CANCELLED when it raced the listener closing): never
+    # accepted, so it was never acknowledged.
+    assert len(results) + len(errors) <= 200 and len(results) >= 20
+    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert all(isinstance(e, grpc.RpcError) and e.code() in refused for e in errors)
+    restarted = start_server(database_url=server.database_url)
+    for task in results:
+        assert restarted.stub().GetTask(pb.GetTaskRequest(task_id=task.task_id)) == task
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resinkit_grpc", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url", "cannot parse database URL"),
+        ("mysql://localhost/tasks", "unsupported database URL"),
+        ("sqlite:////nonexistent-dir/sub/tasks.db", "cannot use the database"),
+        ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot use the database"),
+    ],
+)
+def test_a_bad_database_is_one_clear_line_and_a_non_zero_exit(url: str, expected: str) -> None:
+    result = run_cli("serve", "--address", "127.0.0.1:0", "--database-url", url)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("resinkit-grpc: error: ")
+    assert expected in lines[0]
+
+
+def test_an_address_in_use_is_one_clear_line(server: ServerProcess, tmp_path: Path) -> None:
+    result = run_cli(
+        "serve", "--address", server.address, "--database-url", f"sqlite:///{tmp_path / 'x.db'}"
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"resinkit-grpc: error: cannot listen on {server.address}"
+    )
+
+
+def test_environment_variables_configure_the_server(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'from-env.db'}"
+    server = start_server(RESINKIT_DATABASE_URL=url, RESINKIT_SQLITE_SYNCHRONOUS="FULL")
+    create(server.stub())
+    assert (tmp_path / "from-env.db").exists() or server.database_url != url
