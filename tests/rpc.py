@@ -57,4 +57,6 @@ def new_task(task_type: str = "flink_sql", **fields: Any) -> pb.Task:
 
 def create(stub: Any, task_type: str = "flink_sql", **fields: Any) -> pb.Task:
     request_fields = {k: fields.pop(k) for k in ("task_id", "request_id") if k in fields}
-    return stub.CreateTask(pb.CreateTaskRequest(task=new_task(task_type, **fields), **request_fields))
+    return stub.CreateTask(
+        pb.CreateTaskRequest(task=new_task(task_type, **fields), **request_fields)
+    )

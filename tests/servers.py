@@ -33,9 +33,23 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "resinkit_grpc", "serve", "--address", "127.0.0.1:0",
-             "--database-url", self.database_url, "--grace-period", "5", *self.args],
-            stdout=subprocess.PIPE, stderr=self._log, text=True, env=self.env,
+            [
+                sys.executable,
+                "-m",
+                "resinkit_grpc",
+                "serve",
+                "--address",
+                "127.0.0.1:0",
+                "--database-url",
+                self.database_url,
+                "--grace-period",
+                "5",
+                *self.args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=self.env,
         )
         assert self.process.stdout is not None
         deadline = time.monotonic() + BOOT_TIMEOUT

@@ -93,8 +93,9 @@ def test_invalid_create_lists_every_bad_field_and_writes_nothing(stub: Any) -> N
         "task.submitted_configs.task_timeout_seconds",
     }
     assert "Traceback" not in error.details()
-    rpc_error(lambda: stub.GetTask(pb.GetTaskRequest(task_id="bad id!")),
-              grpc.StatusCode.INVALID_ARGUMENT)
+    rpc_error(
+        lambda: stub.GetTask(pb.GetTaskRequest(task_id="bad id!")), grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_non_finite_numbers_are_refused(stub: Any) -> None:
@@ -109,5 +110,7 @@ def test_non_finite_numbers_are_refused(stub: Any) -> None:
 def test_nested_json_round_trips(stub: Any) -> None:
     configs = struct_pb2.Struct()
     configs.update({"a": {"b": [1, 2.5, "three", True, None]}, "ü": "ÿ"})
-    task = stub.CreateTask(pb.CreateTaskRequest(task=pb.Task(task_type="t", submitted_configs=configs)))
+    task = stub.CreateTask(
+        pb.CreateTaskRequest(task=pb.Task(task_type="t", submitted_configs=configs))
+    )
     assert task.submitted_configs == configs

@@ -65,22 +65,40 @@ def test_check_notices_a_model_the_migrations_lack(tmp_path: Path) -> None:
 def test_an_installed_package_migrates_an_empty_database_at_boot(tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--target", str(target), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
     where = subprocess.run(
         [sys.executable, "-c", "import resinkit_grpc; print(resinkit_grpc.__file__)"],
-        cwd=workdir, env=env, capture_output=True, text=True, check=True,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert where.stdout.startswith(str(target)), "the test must run the installed copy"
     url = f"sqlite:///{workdir / 'fresh.db'}"
     result = subprocess.run(
         [sys.executable, "-m", "resinkit_grpc", "migrate", "--database-url", url],
-        cwd=workdir, env=env, capture_output=True, text=True, check=False,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "database at revision 0001" in result.stdout
@@ -88,7 +106,9 @@ def test_an_installed_package_migrates_an_empty_database_at_boot(tmp_path: Path)
 
 
 @pytest.mark.parametrize("command", ["serve", "migrate"])
-def test_a_database_newer_than_the_code_is_refused_in_one_line(tmp_path: Path, command: str) -> None:
+def test_a_database_newer_than_the_code_is_refused_in_one_line(
+    tmp_path: Path, command: str
+) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     assert alembic(url, "upgrade", "head").returncode == 0
     engine = create_engine(url)
@@ -96,9 +116,20 @@ def test_a_database_newer_than_the_code_is_refused_in_one_line(tmp_path: Path, c
         connection.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
     engine.dispose()
     result = subprocess.run(
-        [sys.executable, "-m", "resinkit_grpc", command, "--database-url", url,
-         "--address", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "resinkit_grpc",
+            command,
+            "--database-url",
+            url,
+            "--address",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]

@@ -26,7 +26,9 @@ def health_status(server: ServerProcess, service: str = "") -> int:
 
 def test_health_is_serving_for_the_server_and_the_task_service(server: ServerProcess) -> None:
     assert health_status(server) == health_pb2.HealthCheckResponse.SERVING
-    assert health_status(server, "resinkit.v1.TaskService") == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health_status(server, "resinkit.v1.TaskService") == health_pb2.HealthCheckResponse.SERVING
+    )
 
 
 def test_reflection_lists_and_describes_the_task_service(server: ServerProcess) -> None:
@@ -41,7 +43,9 @@ def test_reflection_lists_and_describes_the_task_service(server: ServerProcess) 
     assert described.file_descriptor_response.file_descriptor_proto
 
 
-def test_tasks_survive_a_restart(start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+def test_tasks_survive_a_restart(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
     first = start_server()
     task = create(first.stub(), task_name="durable")
     assert first.stop() == 0
@@ -86,7 +90,10 @@ def test_shutdown_finishes_in_flight_rpcs_and_exits_zero(
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "resinkit_grpc", *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
