@@ -19,6 +19,7 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.migrations import migrate
 from resinkit_grpc.store.tasks import load_or_create_secret
+from resinkit_grpc.watch.service import Watches
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,15 @@ class Server:
         self.database = Database(settings)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.watches = Watches(self.database, settings)
         self.port = 0
 
     async def start(self) -> None:
         revision = await asyncio.to_thread(migrate, self.database.writer_engine)
         log.info("database at revision %s", revision)
         secret = await self.database.write(load_or_create_secret, "page_tokens")
-        service = TaskService(self.database, PageTokens(bytes.fromhex(secret)))
+        await self.watches.start()
+        service = TaskService(self.database, PageTokens(bytes.fromhex(secret)), self.watches)
         pb_grpc.add_TaskServiceServicer_to_server(service, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
@@ -67,6 +70,9 @@ class Server:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        # Streams never finish on their own: end them (UNAVAILABLE, resumable) so that the
+        # grace period is spent on unary RPCs.
+        await self.watches.close()
         await self.grpc_server.stop(self.settings.grace_period)
         await asyncio.to_thread(self.database.close)
 

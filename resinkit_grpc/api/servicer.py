@@ -16,14 +16,16 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.store import events, tasks
 from resinkit_grpc.store.database import Database
+from resinkit_grpc.watch.service import Watches
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class TaskService(pb_grpc.TaskServiceServicer):
-    def __init__(self, database: Database, page_tokens: PageTokens) -> None:
+    def __init__(self, database: Database, page_tokens: PageTokens, watches: Watches) -> None:
         self._db = database
         self._tokens = page_tokens
+        self._watches = watches
 
     @translate_errors
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.Task:
@@ -105,6 +107,5 @@ class TaskService(pb_grpc.TaskServiceServicer):
     async def WatchTaskEvents(
         self, request: pb.WatchTaskEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
-        # Declared in v1; the gap-free stream is its own piece of work (not built yet).
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchTaskEvents is not available yet")
-        yield pb.WatchTaskEventsResponse()
+        async for response in self._watches.watch(request, context):
+            yield response

@@ -107,18 +107,18 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
         case _:
             code, reason = code_pb2.INTERNAL, "INTERNAL"
     details.insert(0, error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
-    return _status(code, error.message, details)
+    return pack_status(code, error.message, details)
 
 
 def internal_error() -> status_pb2.Status:
-    return _status(
+    return pack_status(
         code_pb2.INTERNAL,
         "internal error; it has been logged",
         [error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN)],
     )
 
 
-def _status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
+def pack_status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
     packed = []
     for detail in details:
         holder = any_pb2.Any()

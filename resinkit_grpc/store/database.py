@@ -50,12 +50,16 @@ class Database:
     async def write(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs `operation(connection, ...)` in one write transaction: all of it commits or none."""
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self._writer, lambda: self.run_write(operation, *args, **kwargs)
-        )
-        for listener in self._commit_listeners:
-            listener()
-        return result
+
+        def write_and_notify() -> T:
+            result = self.run_write(operation, *args, **kwargs)
+            # From the writer thread, so that listeners hear of the commit even when the
+            # caller has gone away (cancelled) in the meantime.
+            for listener in self._commit_listeners:
+                loop.call_soon_threadsafe(listener)
+            return result
+
+        return await loop.run_in_executor(self._writer, write_and_notify)
 
     async def read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs `operation(connection, ...)` in one read transaction (a consistent snapshot)."""

@@ -4,6 +4,7 @@ in `event_id` order (history pages and the watch tail alike)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -51,11 +52,13 @@ def read_events(
     *,
     after_event_id: int,
     limit: int,
+    up_to_event_id: int | None = None,
     task_ids: Sequence[str] = (),
     task_types: Sequence[str] = (),
     event_types: Sequence[str] = (),
 ) -> list[Row[Any]]:
-    """Events with event_id > after_event_id matching every non-empty filter, in event_id order."""
+    """Events with after_event_id < event_id <= up_to_event_id matching every non-empty filter,
+    in event_id order."""
     statement = (
         select(*EVENT_COLUMNS)
         .join(tasks, tasks.c.task_id == events.c.task_id)
@@ -63,6 +66,8 @@ def read_events(
         .order_by(events.c.event_id)
         .limit(limit)
     )
+    if up_to_event_id is not None:
+        statement = statement.where(events.c.event_id <= up_to_event_id)
     if task_ids:
         statement = statement.where(events.c.task_id.in_(task_ids))
     if task_types:
@@ -99,3 +104,47 @@ def last_event_id(connection: Connection) -> int:
     return int(
         connection.execute(select(func.coalesce(func.max(events.c.event_id), 0))).scalar_one()
     )
+
+
+@dataclass(frozen=True)
+class ReplayPage:
+    """One page of a watch's replay, read in one snapshot."""
+
+    events: list[Row[Any]]
+    # Every matching event with an id up to here is in `events` or an earlier page.
+    scanned_to: int
+    # The status of the task named by `status_of`, in the same snapshot (None if unknown).
+    task_status: str | None
+
+
+def read_replay_page(
+    connection: Connection,
+    *,
+    after_event_id: int,
+    limit: int,
+    task_ids: Sequence[str],
+    task_types: Sequence[str],
+    event_types: Sequence[str],
+    status_of: str | None,
+) -> ReplayPage:
+    """Matching events after `after_event_id`, and how far the page covers the log.
+
+    Correct only where the visible events always form a prefix of the id order: on SQLite, whose
+    single writer hands out ids in commit order."""
+    upper = last_event_id(connection)
+    rows = read_events(
+        connection,
+        after_event_id=after_event_id,
+        up_to_event_id=upper,
+        limit=limit,
+        task_ids=task_ids,
+        task_types=task_types,
+        event_types=event_types,
+    )
+    scanned_to = rows[-1].event_id if len(rows) == limit else max(upper, after_event_id)
+    status = None
+    if status_of is not None:
+        status = connection.execute(
+            select(tasks.c.status).where(tasks.c.task_id == status_of)
+        ).scalar_one_or_none()
+    return ReplayPage(rows, scanned_to, status)

@@ -1,0 +1,226 @@
+"""The WatchTaskEvents stream: replay from the table, join the tail's live feed at exactly the
+replay's position, heartbeats, limits, and resumable endings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2
+
+from resinkit_grpc.api import parse
+from resinkit_grpc.api.convert import event_to_proto
+from resinkit_grpc.api.status import DOMAIN, abort, pack_status, to_status
+from resinkit_grpc.config import Settings
+from resinkit_grpc.errors import InvalidArgument
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.rules import TaskStatus
+from resinkit_grpc.store import events
+from resinkit_grpc.store.database import Database
+from resinkit_grpc.watch.subscription import (
+    EventFilter,
+    Overflowed,
+    ShuttingDown,
+    Subscription,
+)
+from resinkit_grpc.watch.tail import EventTail
+
+REPLAY_PAGE = 500
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Watches:
+    """Every WatchTaskEvents stream of this process, sharing one EventTail."""
+
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self._db = database
+        self._settings = settings
+        self.tail = EventTail(database)
+        self._active = 0
+        self._closing = False
+        self._live: set[Subscription] = set()
+
+    async def start(self) -> None:
+        await self.tail.start()
+
+    async def close(self) -> None:
+        """Ends every stream with UNAVAILABLE (clients reconnect elsewhere) and stops the tail."""
+        self._closing = True
+        for subscription in list(self._live):
+            subscription.end(ShuttingDown())
+        await self.tail.stop()
+
+    async def watch(
+        self, request: pb.WatchTaskEventsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
+        try:
+            event_filter, after, until = _parse(request)
+        except InvalidArgument as error:
+            await abort(context, to_status(error))
+            return
+        if self._closing:
+            await abort(
+                context,
+                _ending(
+                    code_pb2.UNAVAILABLE,
+                    "SHUTTING_DOWN",
+                    "the server is shutting down; reconnect",
+                    after or 0,
+                ),
+            )
+        if self._active >= self._settings.max_watchers:
+            await abort(
+                context,
+                _ending(
+                    code_pb2.RESOURCE_EXHAUSTED,
+                    "TOO_MANY_WATCHERS",
+                    f"this server already serves {self._active} watchers; retry later or elsewhere",
+                    after or 0,
+                ),
+            )
+        self._active += 1
+        try:
+            async for response in self._stream(event_filter, after, until, context):
+                yield response
+        finally:
+            self._active -= 1
+
+    async def _stream(
+        self, event_filter: EventFilter, after: int | None, until: str | None, context: Context
+    ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
+        sent = after if after is not None else await self._db.read(events.last_event_id)
+        cursor = sent
+        # Replay: read the table after the cursor until caught up with the tail.
+        while True:
+            page = await self._db.read(
+                events.read_replay_page,
+                after_event_id=cursor,
+                limit=REPLAY_PAGE,
+                task_ids=sorted(event_filter.task_ids),
+                task_types=sorted(event_filter.task_types),
+                event_types=sorted(event_filter.event_types),
+                status_of=until,
+            )
+            for row in page.events:
+                yield pb.WatchTaskEventsResponse(event=event_to_proto(row))
+                sent = row.event_id
+            cursor = max(cursor, page.scanned_to)
+            if self._closing:
+                await abort(
+                    context,
+                    _ending(
+                        code_pb2.UNAVAILABLE,
+                        "SHUTTING_DOWN",
+                        "the server is shutting down; reconnect",
+                        sent,
+                    ),
+                )
+            if until is not None and page.task_status and TaskStatus(page.task_status).is_terminal:
+                return
+            # No await between this check and subscribe(): the tail cannot move in between, so
+            # the live feed starts exactly where the replay stopped.
+            if len(page.events) < REPLAY_PAGE and cursor >= self.tail.position:
+                break
+        subscription = Subscription(
+            event_filter, cursor, self._settings.watch_buffer, until_terminal=until
+        )
+        self.tail.subscribe(subscription)
+        self._live.add(subscription)
+        try:
+            sent = cursor
+            yield _heartbeat(sent)  # the stream is live from here
+            async for response, position in self._live_feed(subscription):
+                yield response
+                sent = position
+            if isinstance(subscription.ended, Overflowed):
+                await abort(
+                    context,
+                    _ending(
+                        code_pb2.RESOURCE_EXHAUSTED,
+                        "SLOW_CONSUMER",
+                        f"the stream fell more than {self._settings.watch_buffer} events behind; "
+                        f"resume with after_event_id={sent}",
+                        sent,
+                    ),
+                )
+            if isinstance(subscription.ended, ShuttingDown):
+                await abort(
+                    context,
+                    _ending(
+                        code_pb2.UNAVAILABLE,
+                        "SHUTTING_DOWN",
+                        "the server is shutting down; reconnect",
+                        sent,
+                    ),
+                )
+        finally:
+            self.tail.unsubscribe(subscription)
+            self._live.discard(subscription)
+
+    async def _live_feed(
+        self, subscription: Subscription
+    ) -> AsyncIterator[tuple[pb.WatchTaskEventsResponse, int]]:
+        """(response, resume position) pairs until the subscription finishes or ends."""
+        interval = self._settings.heartbeat_interval
+        while True:
+            if subscription.ended is not None:
+                return
+            if subscription.pending:
+                event = subscription.pending.popleft()
+                yield event.response, event.event_id
+                continue
+            if subscription.finished:
+                return
+            subscription.wakeup.clear()
+            try:
+                await asyncio.wait_for(subscription.wakeup.wait(), interval)
+            except TimeoutError:
+                # Nothing pending: every matching event up to the tail's position has been sent.
+                position = max(subscription.cursor, self.tail.position)
+                yield _heartbeat(position), position
+
+
+def _parse(request: pb.WatchTaskEventsRequest) -> tuple[EventFilter, int | None, str | None]:
+    problems = parse.Violations()
+    task_ids = []
+    for index, value in enumerate(request.task_ids):
+        try:
+            task_ids.append(parse.task_id(value, f"task_ids[{index}]"))
+        except InvalidArgument as error:
+            problems.items.extend(error.violations)
+    problems.check(all(request.task_types), "task_types", "must not contain empty strings")
+    try:
+        event_types = parse.event_types(request.event_types)
+    except InvalidArgument as error:
+        problems.items.extend(error.violations)
+        event_types = ()
+    after = request.after_event_id if request.HasField("after_event_id") else None
+    problems.check(after is None or after >= 0, "after_event_id", "must not be negative")
+    until = None
+    if request.until_terminal:
+        if len(set(request.task_ids)) != 1:
+            problems.add("until_terminal", "needs exactly one task_ids entry")
+        else:
+            until = request.task_ids[0]
+    problems.raise_if_any()
+    event_filter = EventFilter(
+        frozenset(task_ids), frozenset(request.task_types), frozenset(event_types)
+    )
+    return event_filter, after, until
+
+
+def _heartbeat(position: int) -> pb.WatchTaskEventsResponse:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return pb.WatchTaskEventsResponse(heartbeat=pb.Heartbeat(event_id=position, timestamp=now))
+
+
+def _ending(code: int, reason: str, message: str, resume_after: int) -> Any:
+    """A resumable end of stream: ErrorInfo.metadata["resume_after_event_id"] says where from."""
+    info = error_details_pb2.ErrorInfo(
+        reason=reason, domain=DOMAIN, metadata={"resume_after_event_id": str(resume_after)}
+    )
+    return pack_status(code, message, [info])

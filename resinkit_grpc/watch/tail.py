@@ -1,0 +1,154 @@
+"""EventTail: the one reader of task_events in this process.
+
+It reads the table in event_id order from its position and offers each batch to every live
+subscription. The table is the source of truth: wake-ups (this process's commits, and on SQLite
+a `PRAGMA data_version` poll that sees other processes' commits) only tell it to look, and a
+timer makes it look anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Row
+
+from resinkit_grpc.api.convert import event_to_proto
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.store import events
+from resinkit_grpc.store.database import Database
+from resinkit_grpc.watch.subscription import LogEvent, Subscription
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+# How often the tail looks at the table when nothing woke it: the bound on delivery delay if
+# every wake-up were lost.
+FALLBACK_POLL_SECONDS = 1.0
+# How often SQLite's data_version is polled for commits made by other processes.
+DATA_VERSION_POLL_SECONDS = 0.005
+
+
+class EventTail:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self.position = 0
+        self._wake = asyncio.Event()
+        self._by_task: dict[str, set[Subscription]] = defaultdict(set)
+        self._everyone: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    async def start(self) -> None:
+        self.position = await self._db.read(events.last_event_id)
+        loop = asyncio.get_running_loop()
+        self._db.on_commit(self.wake)
+        if self._db.dialect == "sqlite":
+            self._poller = threading.Thread(
+                target=self._poll_data_version,
+                args=(loop,),
+                name="resinkit-data-version",
+                daemon=True,
+            )
+            self._poller.start()
+        self._task = asyncio.create_task(self._run(), name="event-tail")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def subscribe(self, subscription: Subscription) -> None:
+        """Adds a subscription whose cursor is at or past this tail's position: from now on it
+        is offered every batch, so it misses nothing after its cursor."""
+        assert subscription.cursor >= self.position
+        if subscription.filter.task_ids:
+            for task_id in subscription.filter.task_ids:
+                self._by_task[task_id].add(subscription)
+        else:
+            self._everyone.add(subscription)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._everyone.discard(subscription)
+        for task_id in subscription.filter.task_ids:
+            watchers = self._by_task.get(task_id)
+            if watchers is not None:
+                watchers.discard(subscription)
+                if not watchers:
+                    del self._by_task[task_id]
+
+    def subscriptions(self) -> set[Subscription]:
+        return self._everyone.union(*self._by_task.values())
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FALLBACK_POLL_SECONDS)
+            self._wake.clear()
+            try:
+                await self._catch_up()
+            except Exception:
+                log.exception("event tail could not read task_events; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _catch_up(self) -> None:
+        while True:
+            rows = await self._db.read(
+                events.read_events, after_event_id=self.position, limit=BATCH
+            )
+            if not rows:
+                return
+            self._dispatch([_log_event(row) for row in rows])
+            if len(rows) < BATCH:
+                return
+
+    def _dispatch(self, batch: list[LogEvent]) -> None:
+        batch_end = batch[-1].event_id
+        targets = set(self._everyone)
+        for event in batch:
+            targets.update(self._by_task.get(event.task_id, ()))
+        for subscription in targets:
+            if not subscription.offer(batch, batch_end):
+                self.unsubscribe(subscription)
+        self.position = batch_end
+
+    def _poll_data_version(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wakes the tail when any connection, in any process, commits to the SQLite file."""
+        database = self._db.writer_engine.url.database
+        assert database is not None
+        connection = sqlite3.connect(database, check_same_thread=False)
+        try:
+            last = None
+            while not self._stopping.wait(DATA_VERSION_POLL_SECONDS):
+                version = connection.execute("PRAGMA data_version").fetchone()[0]
+                if version != last:
+                    last = version
+                    loop.call_soon_threadsafe(self._wake.set)
+        except (sqlite3.Error, RuntimeError):
+            log.exception("data_version poll stopped; falling back to the timer")
+        finally:
+            connection.close()
+
+
+def _log_event(row: Row[Any]) -> LogEvent:
+    return LogEvent(
+        event_id=row.event_id,
+        task_id=row.task_id,
+        task_type=row.task_type,
+        event_type=row.event_type,
+        new_status=row.new_status,
+        response=pb.WatchTaskEventsResponse(event=event_to_proto(row)),
+    )

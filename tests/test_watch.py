@@ -1,0 +1,350 @@
+"""WatchTaskEvents through real servers: every watcher's stream equals the matching rows of
+task_events, in order, across replay, live delivery, resumes, processes and cut-offs."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from tests.rpc import create, error_reason, rpc_error, violated_fields
+from tests.servers import ServerProcess
+from tests.watching import Watcher, matching, resume_point, table_events
+
+FAST_HEARTBEAT = ("--heartbeat-interval", "0.2")
+PIPELINE = [pb.TASK_STATUS_SUBMITTED, pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_COMPLETED]
+
+
+def churn(stub: Any, task_type: str, tasks: int, seed: int) -> list[str]:
+    """Creates tasks and moves each through a few changes; returns their ids."""
+    rng = random.Random(seed)
+    ids = []
+    for _ in range(tasks):
+        task = create(stub, task_type, tags=[f"t{rng.randint(0, 3)}"])
+        ids.append(task.task_id)
+        for status in PIPELINE[: rng.randint(0, 3)]:
+            stub.UpdateTaskStatus(pb.UpdateTaskStatusRequest(task_id=task.task_id, status=status))
+        if rng.random() < 0.3:
+            stub.UpdateTask(pb.UpdateTaskRequest(task=pb.Task(task_id=task.task_id, priority=7)))
+    return ids
+
+
+def last_event_id(server: ServerProcess) -> int:
+    return table_events(server.database_url)[-1]["event_id"]
+
+
+def run_writers(writers: list[tuple[Any, str]], tasks: int) -> list[str]:
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def write(stub: Any, task_type: str, seed: int) -> None:
+        made = churn(stub, task_type, tasks, seed)
+        with lock:
+            ids.extend(made)
+
+    threads = [
+        threading.Thread(target=write, args=(stub, task_type, seed))
+        for seed, (stub, task_type) in enumerate(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return ids
+
+
+def test_concurrent_writers_and_filtered_watchers_see_exactly_the_table(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST_HEARTBEAT)
+    stub = server.stub()
+    seed_task = create(stub, "cdc")
+    filters: list[dict[str, Any]] = [
+        {},
+        {"task_types": ["flink_sql"]},
+        {"event_types": ["STATUS_CHANGE"]},
+        {"task_types": ["cdc"], "event_types": ["CREATED", "UPDATED"]},
+        {"task_ids": [seed_task.task_id]},
+    ]
+    live = [Watcher(stub, **f) for f in filters]
+    replaying = [Watcher(stub, after_event_id=0, **f) for f in filters]
+    for watcher in live + replaying:
+        watcher.wait_live()
+    start = max(w.heartbeats[0] for w in live)
+    run_writers([(server.stub(), "flink_sql"), (server.stub(), "cdc")] * 2, tasks=15)
+    stub.UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id=seed_task.task_id, status=pb.TASK_STATUS_FAILED)
+    )
+    rows = table_events(server.database_url)
+    end = rows[-1]["event_id"]
+    for f, watcher in zip(filters * 2, live + replaying, strict=True):
+        watcher.wait_position(end)
+        watcher.stop()
+        after = start if watcher in live else 0
+        assert watcher.ids() == matching(rows, after=after, **f), f
+    assert len(live[0].ids()) > 100
+
+
+def test_resuming_from_any_position_replays_exactly_the_rest(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST_HEARTBEAT)
+    stub = server.stub()
+    run_writers([(stub, "flink_sql")], tasks=300)  # > 2 replay pages of events
+    recorded = Watcher(stub, after_event_id=0)
+    recorded.wait_position(last_event_id(server))
+    recorded.stop()
+    full = recorded.ids()
+    assert full == matching(table_events(server.database_url))
+    # Keep writing while clients resume, so that replays hand over to live feeds under load.
+    more = threading.Thread(target=run_writers, args=([(server.stub(), "cdc")], 40))
+    more.start()
+    positions = sorted({0, 1, 499, 500, 501, len(full) // 2, *random.sample(full, 12), full[-1]})
+    for position in positions:
+        resumed = Watcher(stub, after_event_id=position)
+        resumed.wait_position(full[-1])
+        resumed.stop()
+        expected = [event_id for event_id in full if event_id > position]
+        assert resumed.ids()[: len(expected)] == expected, position
+    more.join(60)
+    rows = table_events(server.database_url)
+    for cut in (3, 500, 777):  # disconnect mid-replay, then resume from the last event seen
+        first = Watcher(stub, after_event_id=0)
+        first.wait_for(lambda w, cut=cut: len(w.events) >= cut)
+        first.stop()
+        seen = first.ids()
+        second = Watcher(stub, after_event_id=seen[-1])
+        second.wait_position(rows[-1]["event_id"])
+        second.stop()
+        assert seen + second.ids() == matching(rows), cut
+
+
+def test_events_written_by_another_process_on_the_same_file_arrive(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    watched = start_server(*FAST_HEARTBEAT)
+    other = start_server(database_url=watched.database_url)
+    watcher = Watcher(watched.stub())
+    watcher.wait_live()
+    task = create(other.stub(), "written-elsewhere")
+    other.stub().UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id=task.task_id, status=pb.TASK_STATUS_RUNNING)
+    )
+    watcher.wait_for(lambda w: len(w.events) >= 2)
+    watcher.stop()
+    assert [(e.task_id, e.event_type) for e in watcher.events] == [
+        (task.task_id, "CREATED"),
+        (task.task_id, "STATUS_CHANGE"),
+    ]
+
+
+def test_until_terminal_ends_with_ok_after_the_terminal_event(server: ServerProcess) -> None:
+    stub = server.stub()
+    task = create(stub)
+    watcher = Watcher(stub, task_ids=[task.task_id], until_terminal=True)
+    watcher.wait_live()
+    for status in (pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_CANCELLING, pb.TASK_STATUS_CANCELLED):
+        stub.UpdateTaskStatus(pb.UpdateTaskStatusRequest(task_id=task.task_id, status=status))
+    assert watcher.done.wait(10)
+    assert watcher.error is None and watcher.call.code() == grpc.StatusCode.OK
+    assert [e.new_status for e in watcher.events] == [
+        pb.TASK_STATUS_RUNNING,
+        pb.TASK_STATUS_CANCELLING,
+        pb.TASK_STATUS_CANCELLED,
+    ]
+
+
+def test_until_terminal_on_a_finished_task_ends_right_after_the_replay(
+    server: ServerProcess,
+) -> None:
+    stub = server.stub()
+    task = create(stub)
+    stub.UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id=task.task_id, status=pb.TASK_STATUS_COMPLETED)
+    )
+    replayed = list(
+        stub.WatchTaskEvents(
+            pb.WatchTaskEventsRequest(
+                task_ids=[task.task_id], until_terminal=True, after_event_id=0
+            ),
+            timeout=10,
+        )
+    )
+    assert [r.event.event_type for r in replayed] == ["CREATED", "STATUS_CHANGE"]
+    live_only = list(
+        stub.WatchTaskEvents(
+            pb.WatchTaskEventsRequest(task_ids=[task.task_id], until_terminal=True), timeout=10
+        )
+    )
+    assert live_only == []
+
+
+def test_until_terminal_ends_even_when_the_filter_hides_the_terminal_event(
+    server: ServerProcess,
+) -> None:
+    stub = server.stub()
+    task = create(stub)
+    watcher = Watcher(stub, task_ids=[task.task_id], until_terminal=True, event_types=["UPDATED"])
+    watcher.wait_live()
+    stub.UpdateTask(pb.UpdateTaskRequest(task=pb.Task(task_id=task.task_id, priority=3)))
+    stub.UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id=task.task_id, status=pb.TASK_STATUS_FAILED)
+    )
+    assert watcher.done.wait(10) and watcher.error is None
+    assert [e.event_type for e in watcher.events] == ["UPDATED"]
+
+
+def test_idle_streams_get_heartbeats_carrying_the_latest_position(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST_HEARTBEAT)
+    stub = server.stub()
+    watcher = Watcher(stub, task_types=["nothing-matches-this"])
+    watcher.wait_live()
+    task = create(stub)
+    end = last_event_id(server)
+    watcher.wait_for(lambda w: len(w.heartbeats) >= 3 and w.heartbeats[-1] == end)
+    watcher.stop()
+    assert watcher.events == []
+    assert task.task_id and watcher.heartbeats == sorted(watcher.heartbeats)
+
+
+def test_a_slow_consumer_is_cut_off_resumably_and_loses_nothing(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--watch-buffer", "20", *FAST_HEARTBEAT)
+    stub = server.stub()
+    # No BDP probing: the flow-control window stays small, so an unread stream backs up.
+    channel = grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+    slow = pb_grpc.TaskServiceStub(channel)
+    stream = slow.WatchTaskEvents(pb.WatchTaskEventsRequest())
+    first = next(stream)
+    assert first.HasField("heartbeat")
+    big = {"blob": "x" * 2000}
+    for _ in range(400):
+        task = create(stub, submitted_configs=big)
+        stub.UpdateTaskStatus(
+            pb.UpdateTaskStatusRequest(
+                task_id=task.task_id, status=pb.TASK_STATUS_FAILED, error_info=big
+            )
+        )
+    received: list[int] = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for response in stream:
+            if response.HasField("event"):
+                received.append(response.event.event_id)
+    error = ended.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(error) == "SLOW_CONSUMER"
+    resume = resume_point(error)
+    assert resume == (received[-1] if received else first.heartbeat.event_id)
+    rest = Watcher(stub, after_event_id=resume)
+    end = last_event_id(server)
+    rest.wait_position(end)
+    rest.stop()
+    rows = table_events(server.database_url)
+    assert received + rest.ids() == matching(rows, after=first.heartbeat.event_id)
+    channel.close()
+
+
+def test_watchers_beyond_the_limit_are_refused_and_cancelling_frees_a_slot(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--max-watchers", "2")
+    stub = server.stub()
+    held = [Watcher(stub), Watcher(stub)]
+    for watcher in held:
+        watcher.wait_live()
+    refused = Watcher(stub)
+    assert refused.done.wait(10)
+    assert refused.error is not None
+    assert refused.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(refused.error) == "TOO_MANY_WATCHERS"
+    held[0].stop()
+    replacement = Watcher(stub)
+    replacement.wait_for(lambda w: bool(w.heartbeats) or w.done.is_set())
+    assert replacement.error is None and replacement.heartbeats
+    replacement.stop()
+    held[1].stop()
+
+
+def test_shutdown_ends_streams_with_unavailable_and_a_resume_point(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server()
+    stub = server.stub()
+    task = create(stub)
+    watcher = Watcher(stub, after_event_id=0)
+    watcher.wait_for(lambda w: len(w.events) == 1 and bool(w.heartbeats))
+    server.send(signal.SIGTERM)
+    assert watcher.done.wait(10)
+    assert server.wait(20) == 0
+    assert watcher.error is not None
+    assert watcher.error.code() == grpc.StatusCode.UNAVAILABLE
+    assert watcher.resume_after() == watcher.events[-1].event_id
+    assert watcher.events[0].task_id == task.task_id
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"after_event_id": -1}, "after_event_id"),
+        ({"until_terminal": True}, "until_terminal"),
+        ({"until_terminal": True, "task_ids": ["a", "b"]}, "until_terminal"),
+        ({"event_types": ["EXPLODED"]}, "event_types"),
+        ({"task_ids": ["not valid!"]}, "task_ids[0]"),
+    ],
+)
+def test_malformed_watch_requests_are_invalid_argument(
+    stub: Any, request_fields: dict[str, Any], field: str
+) -> None:
+    error = rpc_error(
+        lambda: list(stub.WatchTaskEvents(pb.WatchTaskEventsRequest(**request_fields), timeout=10)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field in violated_fields(error)
+
+
+def test_unknown_task_ids_are_fine_and_see_the_task_once_created(server: ServerProcess) -> None:
+    stub = server.stub()
+    watcher = Watcher(stub, task_ids=["created-later-0001"])
+    watcher.wait_live()
+    create(stub, task_id="created-later-0001")
+    watcher.wait_for(lambda w: len(w.events) == 1)
+    watcher.stop()
+    assert watcher.events[0].event_type == "CREATED"
+
+
+def test_a_thousand_watchers_do_not_starve_unary_calls(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--max-watchers", "1100")
+
+    async def scenario() -> None:
+        channel = grpc.aio.insecure_channel(server.address)
+        stub = pb_grpc.TaskServiceStub(channel)
+        task = await stub.CreateTask(pb.CreateTaskRequest(task=pb.Task(task_type="hot")))
+        calls = [
+            stub.WatchTaskEvents(pb.WatchTaskEventsRequest(task_ids=[task.task_id]))
+            for _ in range(1000)
+        ]
+        for call in calls:  # every stream is live once its first heartbeat arrives
+            assert (await call.read()).HasField("heartbeat")
+        for _ in range(20):
+            await asyncio.wait_for(stub.GetTask(pb.GetTaskRequest(task_id=task.task_id)), timeout=5)
+        await stub.UpdateTask(pb.UpdateTaskRequest(task=pb.Task(task_id=task.task_id, priority=1)))
+        firsts = await asyncio.wait_for(asyncio.gather(*(call.read() for call in calls)), 30)
+        assert {r.event.event_type for r in firsts} == {"UPDATED"}
+        for call in calls:
+            call.cancel()
+        await channel.close()
+
+    asyncio.run(scenario())
