@@ -230,6 +230,8 @@ def list_tasks(request: pb.ListTasksRequest, tokens: PageTokens) -> TaskPage:
     f = request.filter
     statuses = []
     for number in f.statuses:
+        if number == pb.TASK_STATUS_UNSPECIFIED:  # "no status given": places no condition
+            continue
         status = PROTO_TO_STATUS.get(number)
         if status is None:
             problems.add("filter.statuses", f"{number} is not a TaskStatus")
