@@ -176,7 +176,8 @@ class Watches:
                 return
             subscription.wakeup.clear()
             try:
-                await asyncio.wait_for(subscription.wakeup.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for: see EventTail._run
+                    await subscription.wakeup.wait()
             except TimeoutError:
                 # Nothing pending: every matching event up to the tail's position has been sent.
                 position = max(subscription.cursor, self.tail.position)
