@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -45,9 +47,12 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         str,
         "SQLite: NORMAL (fast, WAL) or FULL (fsync every commit)",
     ),
-    ("--pool-size", "pool_size", int, "PostgreSQL: connections kept per pool"),
-    ("--pool-max-overflow", "pool_max_overflow", int, "PostgreSQL: extra connections under load"),
-    ("--pool-timeout", "pool_timeout", float, "PostgreSQL: seconds to wait for a free connection"),
+    (
+        "--pool-timeout",
+        "pool_timeout",
+        float,
+        "PostgreSQL: seconds to wait for a pooled connection",
+    ),
     (
         "--heartbeat-interval",
         "heartbeat_interval",
@@ -117,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck server.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         if args.command == "migrate":
             writer, reader = create_engines(settings)

@@ -11,16 +11,15 @@ class Settings:
     database_url: str = "sqlite:///sqlite.db"
     # Seconds in-flight RPCs get to finish after SIGTERM/SIGINT.
     grace_period: float = 10.0
-    # Threads running read transactions (writes have one thread of their own).
+    # Threads running read transactions, each with its own connection (writes have one thread
+    # and one connection of their own).
     read_threads: int = 4
     # SQLite: how long a writer waits for another process's write lock, in seconds.
     sqlite_busy_timeout: float = 5.0
     # SQLite: NORMAL (WAL: durable against process crashes, may lose the last commits on power
     # loss) or FULL (fsync on every commit).
     sqlite_synchronous: str = "NORMAL"
-    # PostgreSQL connection pool, per engine.
-    pool_size: int = 8
-    pool_max_overflow: int = 4
+    # PostgreSQL: seconds to wait for a pooled connection before the call is UNAVAILABLE.
     pool_timeout: float = 10.0
     # WatchTaskEvents.
     heartbeat_interval: float = 15.0

@@ -73,8 +73,10 @@ class Server:
         # Streams never finish on their own: end them (UNAVAILABLE, resumable) so that the
         # grace period is spent on unary RPCs.
         await self.watches.close()
+        log.info("watch streams ended; waiting for in-flight RPCs")
         await self.grpc_server.stop(self.settings.grace_period)
         await asyncio.to_thread(self.database.close)
+        log.info("stopped")
 
 
 async def serve(settings: Settings) -> None:

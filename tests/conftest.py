@@ -1,4 +1,5 @@
-"""Fixtures: real servers over real databases, called through real channels."""
+"""Fixtures: real servers over real databases (SQLite and PostgreSQL), called through real
+channels. Every test that uses a server runs once per backend."""
 
 from __future__ import annotations
 
@@ -9,9 +10,27 @@ from typing import Any
 
 import pytest
 
+from tests.databases import BACKENDS, POSTGRES_ENV, Databases
 from tests.servers import ServerProcess
 
 _names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[Databases]:
+    found = Databases()
+    if found.required and found.unavailable_reason:
+        pytest.exit(f"{POSTGRES_ENV} is set but {found.unavailable_reason}", returncode=1)
+    yield found
+    found.drop_all()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest, databases: Databases) -> str:
+    name: str = request.param
+    if name == "postgresql" and databases.unavailable_reason:
+        pytest.skip(f"{databases.unavailable_reason} (set {POSTGRES_ENV} to require it)")
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +38,16 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("module")
 
 
+@pytest.fixture
+def new_database_url(backend: str, databases: Databases, tmp_path: Path) -> Callable[[], str]:
+    """Makes an empty database of the test's backend and returns its URL."""
+    return lambda: databases.new_url(backend, tmp_path)
+
+
 @pytest.fixture(scope="module")
-def server(module_dir: Path) -> Iterator[ServerProcess]:
+def server(backend: str, databases: Databases, module_dir: Path) -> Iterator[ServerProcess]:
     """A server shared by the tests of one module (they use distinct task ids and types)."""
-    process = ServerProcess(f"sqlite:///{module_dir / 'tasks.db'}", module_dir).start()
+    process = ServerProcess(databases.new_url(backend, module_dir), module_dir).start()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -33,13 +58,14 @@ def stub(server: ServerProcess) -> Any:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Starts servers of the test's own (on its own SQLite file unless told otherwise)."""
+def start_server(
+    new_database_url: Callable[[], str], tmp_path: Path
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts servers of the test's own, each on a new database unless told otherwise."""
     started: list[ServerProcess] = []
 
     def start(*args: str, database_url: str | None = None, **env: str) -> ServerProcess:
-        url = database_url or f"sqlite:///{tmp_path / 'tasks.db'}"
-        process = ServerProcess(url, tmp_path, *args, **env).start()
+        process = ServerProcess(database_url or new_database_url(), tmp_path, *args, **env).start()
         started.append(process)
         return process
 

@@ -76,8 +76,15 @@ class ServerProcess:
         self.process.send_signal(signum)
 
     def wait(self, timeout: float = 30.0) -> int:
+        """Waits for the process to exit; if it does not, fails with its stacks and log."""
         assert self.process is not None
-        return self.process.wait(timeout)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)  # faulthandler: dump every thread
+            time.sleep(1)
+            log = self.log()[-8000:]
+            raise AssertionError(f"server still running after {timeout} s:\n{log}") from None
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         """Stops the server the way an orchestrator would; returns its exit code."""
@@ -90,6 +97,8 @@ class ServerProcess:
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGUSR1)  # faulthandler: stacks into the log
+                time.sleep(1)
                 self.process.kill()
                 self.process.wait()
         if self.process.stdout:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,8 @@ def tables(url: str) -> set[str]:
         engine.dispose()
 
 
-def test_upgrade_downgrade_to_base_and_upgrade_again(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_upgrade_downgrade_to_base_and_upgrade_again(new_database_url: Callable[[], str]) -> None:
+    url = new_database_url()
     assert alembic(url, "upgrade", "head").returncode == 0
     assert {"tasks", "task_events", "service_secrets"} <= tables(url)
     assert alembic(url, "downgrade", "base").returncode == 0
@@ -43,17 +44,17 @@ def test_upgrade_downgrade_to_base_and_upgrade_again(tmp_path: Path) -> None:
     assert {"tasks", "task_events", "service_secrets"} <= tables(url)
 
 
-def test_models_and_migrations_do_not_drift(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_models_and_migrations_do_not_drift(new_database_url: Callable[[], str]) -> None:
+    url = new_database_url()
     assert alembic(url, "upgrade", "head").returncode == 0
     check = alembic(url, "check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert "No new upgrade operations detected" in check.stdout + check.stderr
 
 
-def test_check_notices_a_model_the_migrations_lack(tmp_path: Path) -> None:
+def test_check_notices_a_model_the_migrations_lack(new_database_url: Callable[[], str]) -> None:
     """`alembic check` really compares: a database missing an index fails it."""
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+    url = new_database_url()
     assert alembic(url, "upgrade", "head").returncode == 0
     engine = create_engine(url)
     with engine.begin() as connection:
@@ -62,7 +63,9 @@ def test_check_notices_a_model_the_migrations_lack(tmp_path: Path) -> None:
     assert alembic(url, "check").returncode != 0
 
 
-def test_an_installed_package_migrates_an_empty_database_at_boot(tmp_path: Path) -> None:
+def test_an_installed_package_migrates_an_empty_database_at_boot(
+    tmp_path: Path, new_database_url: Callable[[], str]
+) -> None:
     target = tmp_path / "site"
     subprocess.run(
         [
@@ -91,7 +94,7 @@ def test_an_installed_package_migrates_an_empty_database_at_boot(tmp_path: Path)
         check=True,
     )
     assert where.stdout.startswith(str(target)), "the test must run the installed copy"
-    url = f"sqlite:///{workdir / 'fresh.db'}"
+    url = new_database_url()
     result = subprocess.run(
         [sys.executable, "-m", "resinkit_grpc", "migrate", "--database-url", url],
         cwd=workdir,

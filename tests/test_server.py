@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -124,10 +125,49 @@ def test_an_address_in_use_is_one_clear_line(server: ServerProcess, tmp_path: Pa
     )
 
 
-def test_environment_variables_configure_the_server(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
-) -> None:
-    url = f"sqlite:///{tmp_path / 'from-env.db'}"
-    server = start_server(RESINKIT_DATABASE_URL=url, RESINKIT_SQLITE_SYNCHRONOUS="FULL")
-    create(server.stub())
-    assert (tmp_path / "from-env.db").exists() or server.database_url != url
+def test_environment_variables_configure_the_server_and_flags_win(tmp_path: Path) -> None:
+    from_env = tmp_path / "from-env.db"
+    from_flag = tmp_path / "from-flag.db"
+    env = {**os.environ, "RESINKIT_DATABASE_URL": f"sqlite:///{from_env}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "resinkit_grpc", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert from_env.exists() and not from_flag.exists()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "resinkit_grpc",
+            "migrate",
+            "--database-url",
+            f"sqlite:///{from_flag}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert from_flag.exists()
+
+
+def test_an_invalid_environment_value_is_one_clear_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "resinkit_grpc", "migrate"],
+        env={**os.environ, "RESINKIT_READ_THREADS": "many"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert (
+        result.stderr.strip() == "resinkit-grpc: error: RESINKIT_READ_THREADS='many' is not valid"
+    )

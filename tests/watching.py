@@ -3,7 +3,6 @@ task_events table read straight from the database file, to compare streams again
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +10,8 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from tests.rpc import detail
@@ -89,18 +90,19 @@ def resume_point(error: grpc.RpcError) -> int:
 
 
 def table_events(database_url: str) -> list[dict[str, Any]]:
-    """task_events joined with the task's type, in event_id order, straight from the file."""
-    path = database_url.removeprefix("sqlite:///")
-    connection = sqlite3.connect(path)
-    connection.row_factory = sqlite3.Row
+    """task_events joined with the task's type, in event_id order, straight from the database."""
+    engine = create_engine(database_url, poolclass=NullPool)
     try:
-        rows = connection.execute(
-            "SELECT e.event_id, e.task_id, e.event_type, t.task_type FROM task_events e "
-            "JOIN tasks t ON t.task_id = e.task_id ORDER BY e.event_id"
-        ).fetchall()
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT e.event_id, e.task_id, e.event_type, t.task_type FROM task_events e "
+                    "JOIN tasks t ON t.task_id = e.task_id ORDER BY e.event_id"
+                )
+            ).mappings()
+            return [dict(row) for row in rows]
     finally:
-        connection.close()
-    return [dict(row) for row in rows]
+        engine.dispose()
 
 
 def matching(

@@ -42,9 +42,19 @@ def create_engines(settings: Settings) -> tuple[Engine, Engine]:
             return _sqlite_engine(url, settings, immediate=True), _sqlite_engine(
                 url, settings, immediate=False
             )
-        return _postgres_engine(url, settings), _postgres_engine(url, settings)
+        return (
+            _postgres_engine(url, settings, writer=True),
+            _postgres_engine(url, settings, writer=False),
+        )
     except NoSuchModuleError as exc:  # pragma: no cover - guarded by parse_url
         raise DatabaseURLError(f"no driver for {url.drivername}") from exc
+
+
+UNICODE_LOWER = "unicode_lower"
+
+
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
@@ -68,6 +78,9 @@ def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+        # SQLite's own lower() and LIKE fold ASCII only; name_contains is case-insensitive for
+        # every script, as on PostgreSQL.
+        dbapi_connection.create_function(UNICODE_LOWER, 1, _unicode_lower, deterministic=True)
 
     # A writer takes the write lock when its transaction begins, never half-way through: a
     # deferred transaction that reads first and upgrades later fails at once with "database is
@@ -81,11 +94,13 @@ def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
     return engine
 
 
-def _postgres_engine(url: URL, settings: Settings) -> Engine:
+def _postgres_engine(url: URL, settings: Settings, *, writer: bool) -> Engine:
+    # One connection per thread that uses the pool: the writer's, or one per read thread.
+    # pre_ping replaces connections the server dropped (restart, pg_terminate_backend).
     return create_engine(
         url,
-        pool_size=settings.pool_size,
-        max_overflow=settings.pool_max_overflow,
+        pool_size=1 if writer else settings.read_threads,
+        max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=settings.pool_timeout,
     )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, exists, func, insert, select
+from sqlalchemy import Connection, Row, Table, exists, func, insert, select, text
 
 from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.rules import EventType, TaskStatus
@@ -16,6 +16,12 @@ from resinkit_grpc.store.models import Task, TaskEvent
 
 events = cast(Table, TaskEvent.__table__)
 tasks = cast(Table, Task.__table__)
+
+# Shared by every replica: serializes event appends (see append_event).
+EVENT_APPEND_LOCK_KEY = 0x7265_736B_6576_74  # "reskevt"
+APPEND_LOCK = text(f"SELECT pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY})")
+NOTIFY_CHANNEL = "resinkit_task_events"
+NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 
 # Events carry their task's type (immutable) so watchers can filter on it.
 EVENT_COLUMNS = (*events.c, tasks.c.task_type)
@@ -32,8 +38,21 @@ def append_event(
     new_status: TaskStatus | None = None,
     actor: str | None = None,
 ) -> None:
-    """Appends one event. Called last in every write transaction: the event's id is taken as
-    late as possible, so ids follow commit order as closely as the backend allows."""
+    """Appends one event; called last in every write transaction, right before its commit.
+
+    Event ids must become visible in id order, or a watcher tailing `event_id > last` would
+    skip an id that commits late. SQLite has one writer at a time, so that holds already. On
+    PostgreSQL, ids come from a sequence at INSERT time while visibility comes at COMMIT, so
+    appends are serialized across every replica with a transaction-scoped advisory lock taken
+    just before the INSERT: the next writer obtains the lock (and its id) only after this
+    transaction has committed and become visible, because PostgreSQL makes a commit visible
+    before it releases the transaction's locks. Readers therefore always see a prefix of the id
+    order (ids of rolled-back transactions are permanent, harmless holes). NOTIFY, delivered at
+    commit, wakes the tails of every replica; it is a wake-up only, never the source of events.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(APPEND_LOCK)
+        connection.execute(NOTIFY)
     connection.execute(
         insert(events).values(
             task_id=task_id,
@@ -129,8 +148,8 @@ def read_replay_page(
 ) -> ReplayPage:
     """Matching events after `after_event_id`, and how far the page covers the log.
 
-    Correct only where the visible events always form a prefix of the id order: on SQLite, whose
-    single writer hands out ids in commit order."""
+    Correct because the visible events always form a prefix of the id order (see append_event):
+    nothing at or below `upper` can still appear after it was read."""
     upper = last_event_id(connection)
     rows = read_events(
         connection,

@@ -17,7 +17,6 @@ from sqlalchemy import (
     and_,
     exists,
     func,
-    insert,
     literal,
     select,
     true,
@@ -36,6 +35,7 @@ from resinkit_grpc.errors import (
 )
 from resinkit_grpc.rules import EventType, TaskStatus, allowed_next, can_transition
 from resinkit_grpc.store.clock import utcnow
+from resinkit_grpc.store.engine import UNICODE_LOWER
 from resinkit_grpc.store.events import append_event
 from resinkit_grpc.store.models import ServiceSecret, Task
 
@@ -123,20 +123,19 @@ class StatusChange:
 
 
 def create_task(connection: Connection, new: NewTask) -> Row[Any]:
+    """Inserts the task and its CREATED event. A request_id already used returns the task it
+    created; concurrent duplicates (from any replica) are settled by the unique constraints."""
     if new.request_id is not None:
-        first = connection.execute(
-            select(*FULL_COLUMNS).where(tasks.c.request_id == new.request_id)
-        ).first()
+        first = _by_request_id(connection, new.request_id)
         if first is not None:
             return first
-    if connection.execute(select(tasks.c.task_id).where(tasks.c.task_id == new.task_id)).first():
-        raise TaskAlreadyExists(new.task_id)
     now = utcnow()
     expires_at = new.expires_at
     if new.timeout_seconds is not None:
         expires_at = now + timedelta(seconds=new.timeout_seconds)
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
     row = connection.execute(
-        insert(tasks)
+        dialect_insert(tasks)
         .values(
             task_id=new.task_id,
             task_type=new.task_type,
@@ -157,8 +156,15 @@ def create_task(connection: Connection, new: NewTask) -> Row[Any]:
             request_id=new.request_id,
             version=1,
         )
+        # Waits for a concurrent insert of the same key to commit, then does nothing.
+        .on_conflict_do_nothing()
         .returning(*FULL_COLUMNS)
-    ).one()
+    ).first()
+    if row is None:
+        first = None if new.request_id is None else _by_request_id(connection, new.request_id)
+        if first is not None:
+            return first
+        raise TaskAlreadyExists(new.task_id)
     append_event(
         connection,
         new.task_id,
@@ -168,6 +174,10 @@ def create_task(connection: Connection, new: NewTask) -> Row[Any]:
         actor=new.created_by,
     )
     return row
+
+
+def _by_request_id(connection: Connection, request_id: str) -> Row[Any] | None:
+    return connection.execute(select(*FULL_COLUMNS).where(tasks.c.request_id == request_id)).first()
 
 
 def get_task(connection: Connection, task_id: str, *, full: bool = True) -> Row[Any]:
@@ -328,7 +338,11 @@ def _conditions(query: TaskQuery, dialect: str) -> list[ColumnElement[bool]]:
     if query.created_by is not None:
         conditions.append(c.created_by == query.created_by)
     if query.name_contains:
-        conditions.append(c.task_name.icontains(query.name_contains, autoescape=True))
+        if dialect == "sqlite":
+            lowered = getattr(func, UNICODE_LOWER)(c.task_name)
+            conditions.append(lowered.contains(query.name_contains.lower(), autoescape=True))
+        else:
+            conditions.append(c.task_name.icontains(query.name_contains, autoescape=True))
     if query.tags_any:
         conditions.append(_has_tags(dialect, query.tags_any, every=False))
     if query.tags_all:

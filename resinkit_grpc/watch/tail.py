@@ -1,9 +1,9 @@
 """EventTail: the one reader of task_events in this process.
 
 It reads the table in event_id order from its position and offers each batch to every live
-subscription. The table is the source of truth: wake-ups (this process's commits, and on SQLite
-a `PRAGMA data_version` poll that sees other processes' commits) only tell it to look, and a
-timer makes it look anyway.
+subscription. The table is the source of truth: wake-ups (this process's commits; other
+processes' commits through a `PRAGMA data_version` poll on SQLite, LISTEN/NOTIFY on PostgreSQL)
+only tell it to look, and a timer makes it look anyway.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+import psycopg
 from sqlalchemy import Row
 
 from resinkit_grpc.api.convert import event_to_proto
@@ -32,6 +33,8 @@ BATCH = 1000
 FALLBACK_POLL_SECONDS = 1.0
 # How often SQLite's data_version is polled for commits made by other processes.
 DATA_VERSION_POLL_SECONDS = 0.005
+# How long a LISTEN wait lasts before it checks whether the tail is stopping.
+LISTEN_TIMEOUT_SECONDS = 0.5
 
 
 class EventTail:
@@ -49,14 +52,13 @@ class EventTail:
         self.position = await self._db.read(events.last_event_id)
         loop = asyncio.get_running_loop()
         self._db.on_commit(self.wake)
-        if self._db.dialect == "sqlite":
-            self._poller = threading.Thread(
-                target=self._poll_data_version,
-                args=(loop,),
-                name="resinkit-data-version",
-                daemon=True,
-            )
-            self._poller.start()
+        watch_commits = (
+            self._poll_data_version if self._db.dialect == "sqlite" else self._listen_for_notify
+        )
+        self._poller = threading.Thread(
+            target=watch_commits, args=(loop,), name="resinkit-commit-watch", daemon=True
+        )
+        self._poller.start()
         self._task = asyncio.create_task(self._run(), name="event-tail")
 
     async def stop(self) -> None:
@@ -94,9 +96,12 @@ class EventTail:
         return self._everyone.union(*self._by_task.values())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the event being set, and the tail would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), FALLBACK_POLL_SECONDS)
+                async with asyncio.timeout(FALLBACK_POLL_SECONDS):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._catch_up()
@@ -141,6 +146,25 @@ class EventTail:
             log.exception("data_version poll stopped; falling back to the timer")
         finally:
             connection.close()
+
+    def _listen_for_notify(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wakes the tail on every NOTIFY from any replica's commit (PostgreSQL). A dropped
+        connection is re-established, with a wake-up in case a notification was lost."""
+        url = self._db.writer_engine.url.set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
+                    connection.execute(f"LISTEN {events.NOTIFY_CHANNEL}")
+                    loop.call_soon_threadsafe(self._wake.set)
+                    while not self._stopping.is_set():
+                        for _ in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
+                            loop.call_soon_threadsafe(self._wake.set)
+            except psycopg.Error as error:
+                log.warning("LISTEN connection lost (%s); reconnecting", error)
+                self._stopping.wait(1.0)
+            except RuntimeError:  # the event loop is closed: the server is gone
+                return
 
 
 def _log_event(row: Row[Any]) -> LogEvent:
