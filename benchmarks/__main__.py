@@ -1,0 +1,290 @@
+"""scripts/bench: start a real server on a temporary database and measure, in one run:
+unary throughput against the empty RPC, watch delivery latency, ListTasks at depth, and the
+cost of full durability. Prints a table; --json PATH writes every figure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import machine, scale, unary, watch
+from tests.servers import ServerProcess
+
+# (figure, at least/most, target) per the performance issue.
+UNARY_TARGETS = {"CreateTask": 0.5, "GetTask": 0.7, "UpdateTaskStatus": 0.5, "ListTasks": 0.2}
+DEEP_PAGE_MAX_RATIO = 1.5
+WATCH_P50_ONE_MS = 5.0
+WATCH_P99_THOUSAND_MS = 100.0
+RSS_THOUSAND_MIB = 150.0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under two minutes")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest run that exercises every phase (for the test suite)",
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "resinkit-grpc",
+        help="where the large ListTasks database is kept between runs",
+    )
+    parser.add_argument(
+        "--phases",
+        default="unary,watch,scale,durability",
+        help="comma-separated subset of unary,watch,scale,durability",
+    )
+    return parser.parse_args()
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    if args.smoke:
+        return dict(
+            duration=0.5,
+            warmup=0.2,
+            clients=1,
+            concurrency=4,
+            watchers=(1, 20),
+            watch_events=5,
+            tasks=5_000,
+            depth=8,
+            repeats=3,
+        )
+    if args.quick:
+        return dict(
+            duration=3.0,
+            warmup=1.0,
+            clients=2,
+            concurrency=16,
+            watchers=(1, 100, 1000),
+            watch_events=30,
+            tasks=100_000,
+            depth=100,
+            repeats=10,
+        )
+    return dict(
+        duration=10.0,
+        warmup=2.0,
+        clients=2,
+        concurrency=16,
+        watchers=(1, 100, 1000),
+        watch_events=100,
+        tasks=1_000_000,
+        depth=1000,
+        repeats=20,
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    settings = profile(args)
+    phases = set(args.phases.split(","))
+    report: dict[str, Any] = {
+        "machine": machine.describe(),
+        "settings": settings,
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+    }
+    started = time.monotonic()
+    print(
+        f"machine: {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, "
+        f"{report['machine']['cpu']}, Python {report['machine']['python']}"
+    )
+    with tempfile.TemporaryDirectory(prefix="resinkit-bench-") as tmp:
+        workdir = Path(tmp)
+        if phases & {"unary", "watch"}:
+            server = ServerProcess(
+                f"sqlite:///{workdir / 'bench.db'}",
+                workdir,
+                "--max-watchers",
+                "1100",
+                "--log-level",
+                "WARNING",
+            ).start()
+            pid = server.process.pid  # type: ignore[union-attr]
+            try:
+                if "unary" in phases:
+                    _phase("unary RPCs against Health/Check")
+                    results = unary.run(
+                        server.address,
+                        pid,
+                        clients=settings["clients"],
+                        concurrency=settings["concurrency"],
+                        warmup=settings["warmup"],
+                        duration=settings["duration"],
+                    )
+                    report["unary"] = [asdict(r) for r in results]
+                if "watch" in phases:
+                    _phase("WatchTaskEvents delivery")
+                    results_w = watch.run(
+                        server.address,
+                        pid,
+                        settings["watchers"],
+                        events=settings["watch_events"],
+                        rate=50,
+                    )
+                    report["watch"] = [asdict(r) for r in results_w]
+            finally:
+                server.stop()
+        if "scale" in phases:
+            _phase(f"ListTasks depth on {settings['tasks']:,} tasks")
+            path = scale.cached_database(args.cache_dir, settings["tasks"])
+            server = ServerProcess(f"sqlite:///{path}", workdir, "--log-level", "WARNING").start()
+            try:
+                depth = scale.run(server.address, settings["depth"], settings["repeats"])
+                report["scale"] = [asdict(r) | {"ratio": r.ratio} for r in depth]
+            finally:
+                server.stop()
+        if "durability" in phases and not args.smoke:
+            _phase("durability: CreateTask with synchronous=NORMAL vs FULL")
+            report["durability"] = durability(workdir, settings)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    checks = print_table(report)
+    report["targets"] = checks
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=_json_default))
+        print(f"wrote {args.json}")
+
+
+def durability(workdir: Path, settings: dict[str, Any]) -> dict[str, float]:
+    import multiprocessing
+
+    rates = {}
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(settings["clients"]) as pool:
+        for level in ("NORMAL", "FULL"):
+            server = ServerProcess(
+                f"sqlite:///{workdir / f'durable-{level}.db'}",
+                workdir,
+                "--sqlite-synchronous",
+                level,
+                "--log-level",
+                "WARNING",
+            ).start()
+            try:
+                figures, _ = unary.measure(
+                    pool,
+                    server.address,
+                    server.process.pid,  # type: ignore[union-attr]
+                    "CreateTask",
+                    clients=settings["clients"],
+                    concurrency=settings["concurrency"],
+                    warmup=settings["warmup"],
+                    duration=settings["duration"],
+                    task_ids=[],
+                )
+                rates[level] = figures.per_second
+            finally:
+                server.stop()
+    return {
+        "create_per_second_normal": rates["NORMAL"],
+        "create_per_second_full": rates["FULL"],
+        "full_over_normal": rates["FULL"] / rates["NORMAL"],
+    }
+
+
+def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float, limit: float, at_least: bool) -> str:
+        ok = value >= limit if at_least else value <= limit
+        checks.append(
+            {"figure": name, "value": value, "target": limit, "at_least": at_least, "met": ok}
+        )
+        return f"{'>=' if at_least else '<='} {limit:g} {'ok' if ok else 'MISSED'}"
+
+    if "unary" in report:
+        rows = report["unary"]
+        base = next(r for r in rows if r["method"] == "Health/Check")["per_second"]
+        print(
+            f"\n{'method':<18}{'calls/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'CPU µs/call':>13}{'errors':>8}  target"
+        )
+        for r in rows:
+            ratio = r["per_second"] / base
+            target = UNARY_TARGETS.get(r["method"])
+            verdict = check(f"{r['method']} / empty RPC", ratio, target, True) if target else ""
+            print(
+                f"{r['method']:<18}{r['per_second']:>10.0f}{ratio:>8.2f}{r['p50_ms']:>9.2f}"
+                f"{r['p99_ms']:>9.2f}{r['cpu_us_per_call']:>13.0f}{r['errors']:>8}  {verdict}"
+            )
+    if "watch" in report:
+        print(
+            f"\n{'watchers':<10}{'deliveries':>11}{'p50 ms':>9}{'p99 ms':>9}{'server RSS MiB':>16}"
+            "  target"
+        )
+        for r in report["watch"]:
+            verdicts = []
+            if r["watchers"] == 1:
+                verdicts.append(
+                    "p50 "
+                    + check("watch p50, 1 watcher (ms)", r["p50_ms"], WATCH_P50_ONE_MS, False)
+                )
+            if r["watchers"] == 1000:
+                verdicts.append(
+                    "p99 "
+                    + check(
+                        "watch p99, 1000 watchers (ms)", r["p99_ms"], WATCH_P99_THOUSAND_MS, False
+                    )
+                )
+                verdicts.append(
+                    "RSS "
+                    + check(
+                        "server RSS, 1000 watchers (MiB)",
+                        r["server_rss_mib"],
+                        RSS_THOUSAND_MIB,
+                        False,
+                    )
+                )
+            print(
+                f"{r['watchers']:<10}{r['deliveries']:>11}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                f"{r['server_rss_mib']:>16.0f}  {'; '.join(verdicts)}"
+            )
+    if "scale" in report:
+        print(
+            f"\n{'ListTasks filter':<18}{'first ms':>10}{'deep ms':>10}{'depth':>7}"
+            f"{'deep/first':>12}  target"
+        )
+        for r in report["scale"]:
+            verdict = check(
+                f"deep/first page, {r['filter']}", r["ratio"], DEEP_PAGE_MAX_RATIO, False
+            )
+            print(
+                f"{r['filter']:<18}{r['first_page_ms']:>10.2f}{r['deep_page_ms']:>10.2f}"
+                f"{r['depth']:>7}{r['ratio']:>12.2f}  {verdict}"
+            )
+    if "durability" in report:
+        d = report["durability"]
+        print(
+            f"\nCreateTask/s synchronous=NORMAL {d['create_per_second_normal']:.0f}, FULL "
+            f"{d['create_per_second_full']:.0f} (FULL/NORMAL {d['full_over_normal']:.2f})"
+        )
+    print(f"\n{sum(c['met'] for c in checks)}/{len(checks)} targets met in {report['seconds']} s")
+    return checks
+
+
+def _phase(title: str) -> None:
+    print(f"- {title}", file=sys.stderr, flush=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(type(value))
+
+
+if __name__ == "__main__":
+    main()
