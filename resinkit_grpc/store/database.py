@@ -1,13 +1,15 @@
 """The only owner of connections: runs store operations in transactions off the event loop.
 
-Writes run one at a time on a dedicated thread (SQLite has one writer anyway; a single writer
-per process also means this process never contends with itself for the lock). Reads run on a
-small pool beside it; WAL lets them proceed while the writer works.
+Writes go to one GroupWriter thread (SQLite has one writer anyway; a single writer per process
+also means this process never contends with itself for the lock), which commits whatever has
+queued up together. Reads run on a small pool beside it; WAL lets them proceed while the writer
+works.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import StorageUnavailable
+from resinkit_grpc.store import events
 from resinkit_grpc.store.engine import create_engines
+from resinkit_grpc.store.writer import GroupWriter
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -33,33 +37,35 @@ class Database:
         self.writer_engine: Engine
         self.reader_engine: Engine
         self.writer_engine, self.reader_engine = create_engines(settings)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="resinkit-writer")
+        self._writer = GroupWriter(
+            self.writer_engine, self._committed, prepare=events.serialize_appends
+        )
         self._readers = ThreadPoolExecutor(
             settings.read_threads, thread_name_prefix="resinkit-read"
         )
-        self._commit_listeners: list[Callable[[], None]] = []
+        self._commit_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     @property
     def dialect(self) -> str:
         return self.writer_engine.dialect.name
 
     def on_commit(self, listener: Callable[[], None]) -> None:
-        """Calls `listener` on the event loop after every write this process commits."""
-        self._commit_listeners.append(listener)
+        """Calls `listener` on this event loop after every write this process commits (even
+        when the caller has gone away in the meantime)."""
+        self._commit_listeners.append((asyncio.get_running_loop(), listener))
+
+    def _committed(self) -> None:  # on the writer thread
+        for loop, listener in self._commit_listeners:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(listener)
 
     async def write(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Runs `operation(connection, ...)` in one write transaction: all of it commits or none."""
-        loop = asyncio.get_running_loop()
-
-        def write_and_notify() -> T:
-            result = self.run_write(operation, *args, **kwargs)
-            # From the writer thread, so that listeners hear of the commit even when the
-            # caller has gone away (cancelled) in the meantime.
-            for listener in self._commit_listeners:
-                loop.call_soon_threadsafe(listener)
-            return result
-
-        return await loop.run_in_executor(self._writer, write_and_notify)
+        """Runs `operation(connection, ...)` atomically: all of it commits, or none of it and
+        the error is raised. Returns once it has committed."""
+        result: T = await self._writer.submit(
+            lambda connection: operation(connection, *args, **kwargs)
+        )
+        return result
 
     async def read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs `operation(connection, ...)` in one read transaction (a consistent snapshot)."""
@@ -67,9 +73,6 @@ class Database:
         return await loop.run_in_executor(
             self._readers, lambda: self.run_read(operation, *args, **kwargs)
         )
-
-    def run_write(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._run(self.writer_engine, operation, *args, **kwargs)
 
     def run_read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(self.reader_engine, operation, *args, **kwargs)
@@ -89,7 +92,7 @@ class Database:
             raise
 
     def close(self) -> None:
-        self._writer.shutdown(wait=True)
+        self._writer.close()
         self._readers.shutdown(wait=True)
         self.writer_engine.dispose()
         self.reader_engine.dispose()

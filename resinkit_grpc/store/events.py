@@ -22,6 +22,9 @@ EVENT_APPEND_LOCK_KEY = 0x7265_736B_6576_74  # "reskevt"
 APPEND_LOCK = text(f"SELECT pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY})")
 NOTIFY_CHANNEL = "resinkit_task_events"
 NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
+_APPENDS_LOCKED_BY = "resinkit_appends_locked_by"
+
+INSERT = insert(events)
 
 # Events carry their task's type (immutable) so watchers can filter on it.
 EVENT_COLUMNS = (*events.c, tasks.c.task_type)
@@ -38,32 +41,48 @@ def append_event(
     new_status: TaskStatus | None = None,
     actor: str | None = None,
 ) -> None:
-    """Appends one event; called last in every write transaction, right before its commit.
+    """Appends one event; called last in every task operation.
 
     Event ids must become visible in id order, or a watcher tailing `event_id > last` would
     skip an id that commits late. SQLite has one writer at a time, so that holds already. On
     PostgreSQL, ids come from a sequence at INSERT time while visibility comes at COMMIT, so
-    appends are serialized across every replica with a transaction-scoped advisory lock taken
-    just before the INSERT: the next writer obtains the lock (and its id) only after this
+    appends are serialized across every replica by a transaction-scoped advisory lock (see
+    serialize_appends): the next writer obtains the lock, and so its ids, only after this
     transaction has committed and become visible, because PostgreSQL makes a commit visible
     before it releases the transaction's locks. Readers therefore always see a prefix of the id
-    order (ids of rolled-back transactions are permanent, harmless holes). NOTIFY, delivered at
-    commit, wakes the tails of every replica; it is a wake-up only, never the source of events.
+    order (ids of rolled-back transactions are permanent, harmless holes).
     """
-    if connection.dialect.name == "postgresql":
-        connection.execute(APPEND_LOCK)
-        connection.execute(NOTIFY)
+    serialize_appends(connection)
     connection.execute(
-        insert(events).values(
-            task_id=task_id,
-            event_type=event_type.value,
-            event_data=None if event_data is None else dict(event_data),
-            previous_status=None if previous_status is None else previous_status.value,
-            new_status=None if new_status is None else new_status.value,
-            timestamp=timestamp,
-            actor=actor,
-        )
+        INSERT,
+        {
+            "task_id": task_id,
+            "event_type": event_type.value,
+            "event_data": None if event_data is None else dict(event_data),
+            "previous_status": None if previous_status is None else previous_status.value,
+            "new_status": None if new_status is None else new_status.value,
+            "timestamp": timestamp,
+            "actor": actor,
+        },
     )
+
+
+def serialize_appends(connection: Connection) -> None:
+    """On PostgreSQL, holds the event-append lock until the transaction ends, and has NOTIFY
+    wake every replica's tail when it commits (a wake-up only, never the source of events).
+
+    The group writer calls this first thing in each transaction, before any row lock: a
+    transaction holding the append lock then never waits for a row lock held by one waiting
+    for the append lock, so replicas cannot deadlock. Taking it again in the same transaction
+    is free."""
+    if connection.dialect.name != "postgresql":
+        return
+    transaction = connection.get_transaction()
+    if connection.info.get(_APPENDS_LOCKED_BY) is transaction:
+        return
+    connection.execute(APPEND_LOCK)
+    connection.execute(NOTIFY)
+    connection.info[_APPENDS_LOCKED_BY] = transaction
 
 
 def read_events(

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Row,
     Table,
     and_,
+    bindparam,
     exists,
     func,
     literal,
@@ -67,6 +68,21 @@ MUTABLE_FIELDS = (
 )
 SORT_FIELDS = ("created_at", "updated_at", "priority")
 STATUS_DETAIL_FIELDS = ("error_info", "result_summary", "execution_details", "progress_details")
+
+# Hot statements are built once: building a statement per call (and its cache key) costs
+# several times what executing it does. Values travel as bound parameters.
+_BY_ID = tasks.c.task_id == bindparam("key_task_id")
+SELECT_FULL = select(*FULL_COLUMNS).where(_BY_ID)
+SELECT_BASIC = select(*BASIC_COLUMNS).where(_BY_ID)
+SELECT_FOR_UPDATE = SELECT_FULL.with_for_update()
+SELECT_BY_REQUEST_ID = select(*FULL_COLUMNS).where(tasks.c.request_id == bindparam("request_id"))
+# Waits for a concurrent insert of the same key to commit, then does nothing.
+INSERT = {
+    "sqlite": sqlite.insert(tasks).on_conflict_do_nothing().returning(*FULL_COLUMNS),
+    "postgresql": postgresql.insert(tasks).on_conflict_do_nothing().returning(*FULL_COLUMNS),
+}
+# The SET columns are the parameters given besides key_task_id.
+UPDATE = sql_update(tasks).where(_BY_ID).returning(*FULL_COLUMNS)
 
 
 def etag_of(version: int) -> str:
@@ -133,32 +149,28 @@ def create_task(connection: Connection, new: NewTask) -> Row[Any]:
     expires_at = new.expires_at
     if new.timeout_seconds is not None:
         expires_at = now + timedelta(seconds=new.timeout_seconds)
-    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
     row = connection.execute(
-        dialect_insert(tasks)
-        .values(
-            task_id=new.task_id,
-            task_type=new.task_type,
-            task_name=new.task_name,
-            description=new.description,
-            status=TaskStatus.PENDING.value,
-            priority=new.priority,
-            created_at=now,
-            updated_at=now,
-            expires_at=expires_at,
-            submitted_configs=dict(new.submitted_configs or {}),
-            notification_config=_copy(new.notification_config),
-            execution_details=_copy(new.execution_details),
-            progress_details=_copy(new.progress_details),
-            created_by=new.created_by,
-            tags=list(new.tags) if new.tags else None,
-            active=True,
-            request_id=new.request_id,
-            version=1,
-        )
-        # Waits for a concurrent insert of the same key to commit, then does nothing.
-        .on_conflict_do_nothing()
-        .returning(*FULL_COLUMNS)
+        INSERT[connection.dialect.name],
+        {
+            "task_id": new.task_id,
+            "task_type": new.task_type,
+            "task_name": new.task_name,
+            "description": new.description,
+            "status": TaskStatus.PENDING.value,
+            "priority": new.priority,
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": expires_at,
+            "submitted_configs": dict(new.submitted_configs or {}),
+            "notification_config": _copy(new.notification_config),
+            "execution_details": _copy(new.execution_details),
+            "progress_details": _copy(new.progress_details),
+            "created_by": new.created_by,
+            "tags": list(new.tags) if new.tags else None,
+            "active": True,
+            "request_id": new.request_id,
+            "version": 1,
+        },
     ).first()
     if row is None:
         first = None if new.request_id is None else _by_request_id(connection, new.request_id)
@@ -177,12 +189,12 @@ def create_task(connection: Connection, new: NewTask) -> Row[Any]:
 
 
 def _by_request_id(connection: Connection, request_id: str) -> Row[Any] | None:
-    return connection.execute(select(*FULL_COLUMNS).where(tasks.c.request_id == request_id)).first()
+    return connection.execute(SELECT_BY_REQUEST_ID, {"request_id": request_id}).first()
 
 
 def get_task(connection: Connection, task_id: str, *, full: bool = True) -> Row[Any]:
     row = connection.execute(
-        select(*(FULL_COLUMNS if full else BASIC_COLUMNS)).where(tasks.c.task_id == task_id)
+        SELECT_FULL if full else SELECT_BASIC, {"key_task_id": task_id}
     ).first()
     if row is None:
         raise TaskNotFound(task_id)
@@ -295,10 +307,9 @@ def load_or_create_secret(connection: Connection, name: str) -> str:
 
 
 def _current(connection: Connection, task_id: str, etag: str | None) -> Row[Any]:
-    statement = select(*FULL_COLUMNS).where(tasks.c.task_id == task_id)
-    if connection.dialect.name == "postgresql":
-        statement = statement.with_for_update()
-    row = connection.execute(statement).first()
+    # FOR UPDATE: concurrent changes of one task (from any replica) apply one after the other.
+    statement = SELECT_FOR_UPDATE if connection.dialect.name == "postgresql" else SELECT_FULL
+    row = connection.execute(statement, {"key_task_id": task_id}).first()
     if row is None:
         raise TaskNotFound(task_id)
     if etag and etag != etag_of(row.version):
@@ -319,10 +330,13 @@ def _update(
     connection: Connection, current: Row[Any], now: datetime, values: Mapping[str, Any]
 ) -> Row[Any]:
     return connection.execute(
-        sql_update(tasks)
-        .where(tasks.c.task_id == current.task_id)
-        .values(**values, updated_at=now, version=current.version + 1)
-        .returning(*FULL_COLUMNS)
+        UPDATE,
+        {
+            **values,
+            "updated_at": now,
+            "version": current.version + 1,
+            "key_task_id": current.task_id,
+        },
     ).one()
 
 
