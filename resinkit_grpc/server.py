@@ -78,6 +78,12 @@ class Server:
         await asyncio.to_thread(self.database.close)
         log.info("stopped")
 
+    async def release(self) -> None:
+        """Frees what a failed start() had taken (threads, connections), quietly."""
+        await self.watches.close()
+        await self.grpc_server.stop(0)
+        await asyncio.to_thread(self.database.close)
+
 
 async def serve(settings: Settings) -> None:
     server = Server(settings)
@@ -85,7 +91,11 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.release()
+        raise
     await stopping.wait()
     log.info("shutting down: %.1f s grace for in-flight RPCs", settings.grace_period)
     await server.stop()

@@ -14,10 +14,14 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
 from resinkit_grpc.store.tasks import etag_of
 
-STATUS_TO_PROTO = {
-    status: pb.TaskStatus.Value(f"TASK_STATUS_{status.value}") for status in TaskStatus
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Stored status name -> enum number, and back.
+STATUS_TO_PROTO: dict[str, pb.TaskStatus.ValueType] = {
+    status.value: pb.TaskStatus.Value(f"TASK_STATUS_{status.value}") for status in TaskStatus
 }
-PROTO_TO_STATUS = {number: status for status, number in STATUS_TO_PROTO.items()}
+PROTO_TO_STATUS: dict[int, TaskStatus] = {
+    number: TaskStatus(name) for name, number in STATUS_TO_PROTO.items()
+}
 
 _TIMESTAMP_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "expires_at")
 _STRUCT_FIELDS = (
@@ -36,9 +40,11 @@ class NonFiniteNumber(ValueError):
 
 
 def task_to_proto(row: Row[Any]) -> pb.Task:
-    values = row._mapping
+    """A stored task as a message; a BASIC row (without the large JSON columns) gives a BASIC
+    message."""
+    values = row._asdict()  # a plain dict: a missing key is cheap, unlike on Row._mapping
     task = pb.Task(
-        status=STATUS_TO_PROTO[TaskStatus(values["status"])],
+        status=STATUS_TO_PROTO[values["status"]],
         priority=values["priority"],
         active=bool(values["active"]),
         etag=etag_of(values["version"]),
@@ -69,18 +75,20 @@ def event_to_proto(row: Row[Any]) -> pb.TaskEvent:
     if row.event_data is not None:
         event.event_data.update(row.event_data)
     if row.previous_status is not None:
-        event.previous_status = STATUS_TO_PROTO[TaskStatus(row.previous_status)]
+        event.previous_status = STATUS_TO_PROTO[row.previous_status]
     if row.new_status is not None:
-        event.new_status = STATUS_TO_PROTO[TaskStatus(row.new_status)]
+        event.new_status = STATUS_TO_PROTO[row.new_status]
     if row.actor is not None:
         event.actor = row.actor
     return event
 
 
 def timestamp_from_datetime(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    # Direct arithmetic: Timestamp.FromDatetime costs ten times as much, on every row of a page.
+    delta = value - EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def datetime_from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:

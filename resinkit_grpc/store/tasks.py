@@ -3,6 +3,7 @@ task and appends its event last, so the change and its event commit together or 
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,13 +19,13 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
-    literal,
     select,
     true,
     tuple_,
 )
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from resinkit_grpc.errors import (
@@ -211,22 +212,37 @@ def list_tasks(
     full: bool,
 ) -> list[Row[Any]]:
     """One keyset page: rows strictly after `after` (sort value, task_id) in the sort order."""
-    sort_column = tasks.c[order.field]
-    conditions = _conditions(query, connection.dialect.name)
-    if after is not None:
-        position = tuple_(sort_column, tasks.c.task_id)
-        conditions.append(position < after if order.descending else position > after)
-    if order.descending:
-        ordering = (sort_column.desc(), tasks.c.task_id.desc())
-    else:
-        ordering = (sort_column.asc(), tasks.c.task_id.asc())
-    statement = (
-        select(*(FULL_COLUMNS if full else BASIC_COLUMNS))
-        .where(and_(true(), *conditions))
-        .order_by(*ordering)
-        .limit(limit)
+    shape = _ListShape(
+        dialect=connection.dialect.name,
+        statuses=bool(query.statuses),
+        task_types=bool(query.task_types),
+        created_by=query.created_by is not None,
+        name_contains=bool(query.name_contains),
+        tags_any=bool(query.tags_any),
+        tags_all=len(query.tags_all),
+        created_after=query.created_after is not None,
+        created_before=query.created_before is not None,
+        show_deleted=query.show_deleted,
+        order=order,
+        keyset=after is not None,
+        full=full,
     )
-    return list(connection.execute(statement))
+    params: dict[str, Any] = {
+        "limit": limit,
+        "statuses": list(query.statuses),
+        "task_types": list(query.task_types),
+        "created_by": query.created_by,
+        "created_after": query.created_after,
+        "created_before": query.created_before,
+        "tags_any": list(query.tags_any),
+        "tags_all": list(query.tags_all),
+        **{f"tag_{i}": tag for i, tag in enumerate(query.tags_all)},
+    }
+    if query.name_contains:
+        params["name_pattern"] = f"%{_like_escape(query.name_contains.lower())}%"
+    if after is not None:
+        params["after_value"], params["after_task_id"] = after
+    return list(connection.execute(_list_statement(shape), params))
 
 
 def update_task(
@@ -340,47 +356,99 @@ def _update(
     ).one()
 
 
-def _conditions(query: TaskQuery, dialect: str) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True)
+class _ListShape:
+    """What a ListTasks statement depends on, apart from its parameter values."""
+
+    dialect: str
+    statuses: bool
+    task_types: bool
+    created_by: bool
+    name_contains: bool
+    tags_any: bool
+    tags_all: int
+    created_after: bool
+    created_before: bool
+    show_deleted: bool
+    order: SortOrder
+    keyset: bool
+    full: bool
+
+
+@functools.lru_cache(maxsize=1024)
+def _list_statement(shape: _ListShape) -> Select[Any]:
+    """The ListTasks statement of one shape, built once: values travel as parameters."""
     c = tasks.c
     conditions: list[ColumnElement[bool]] = []
-    if not query.show_deleted:
+    if not shape.show_deleted:
         conditions.append(c.active == true())
-    if query.statuses:
-        conditions.append(c.status.in_(query.statuses))
-    if query.task_types:
-        conditions.append(c.task_type.in_(query.task_types))
-    if query.created_by is not None:
-        conditions.append(c.created_by == query.created_by)
-    if query.name_contains:
-        if dialect == "sqlite":
-            lowered = getattr(func, UNICODE_LOWER)(c.task_name)
-            conditions.append(lowered.contains(query.name_contains.lower(), autoescape=True))
-        else:
-            conditions.append(c.task_name.icontains(query.name_contains, autoescape=True))
-    if query.tags_any:
-        conditions.append(_has_tags(dialect, query.tags_any, every=False))
-    if query.tags_all:
-        conditions.append(_has_tags(dialect, query.tags_all, every=True))
-    if query.created_after is not None:
-        conditions.append(c.created_at >= query.created_after)
-    if query.created_before is not None:
-        conditions.append(c.created_at < query.created_before)
-    return conditions
+    if shape.statuses:
+        conditions.append(c.status.in_(bindparam("statuses", expanding=True)))
+    if shape.task_types:
+        conditions.append(c.task_type.in_(bindparam("task_types", expanding=True)))
+    if shape.created_by:
+        conditions.append(c.created_by == bindparam("created_by"))
+    if shape.name_contains:
+        # SQLite's own lower() and LIKE fold ASCII only; its unicode_lower folds every script.
+        lower = getattr(func, UNICODE_LOWER) if shape.dialect == "sqlite" else func.lower
+        conditions.append(lower(c.task_name).like(bindparam("name_pattern"), escape=LIKE_ESCAPE))
+    if shape.tags_any:
+        conditions.append(_has_any_tag(shape.dialect))
+    if shape.tags_all:
+        conditions.append(_has_every_tag(shape.dialect, shape.tags_all))
+    if shape.created_after:
+        conditions.append(c.created_at >= bindparam("created_after", type_=c.created_at.type))
+    if shape.created_before:
+        conditions.append(c.created_at < bindparam("created_before", type_=c.created_at.type))
+    sort_column = c[shape.order.field]
+    if shape.keyset:
+        position = tuple_(sort_column, c.task_id)
+        cursor = tuple_(
+            bindparam("after_value", type_=sort_column.type),
+            bindparam("after_task_id", type_=c.task_id.type),
+        )
+        conditions.append(position < cursor if shape.order.descending else position > cursor)
+    if shape.order.descending:
+        ordering = (sort_column.desc(), c.task_id.desc())
+    else:
+        ordering = (sort_column.asc(), c.task_id.asc())
+    return (
+        select(*(FULL_COLUMNS if shape.full else BASIC_COLUMNS))
+        .where(and_(true(), *conditions))
+        .order_by(*ordering)
+        .limit(bindparam("limit"))
+    )
 
 
-def _has_tags(dialect: str, tags_wanted: Sequence[str], *, every: bool) -> ColumnElement[bool]:
+def _has_any_tag(dialect: str) -> ColumnElement[bool]:
     """Exact tag membership; `tags` is a JSON array of strings."""
     if dialect == "postgresql":
-        wanted = literal(list(tags_wanted), postgresql.ARRAY(postgresql.TEXT))
-        return tasks.c.tags.op("?&" if every else "?|", return_type=Boolean())(wanted)
+        wanted = bindparam("tags_any", type_=postgresql.ARRAY(postgresql.TEXT))
+        return tasks.c.tags.op("?|", return_type=Boolean())(wanted)
+    each = func.json_each(tasks.c.tags).table_valued("value")
+    return exists(
+        select(1).select_from(each).where(each.c.value.in_(bindparam("tags_any", expanding=True)))
+    )
 
-    def member(*values: str) -> ColumnElement[bool]:
+
+def _has_every_tag(dialect: str, count: int) -> ColumnElement[bool]:
+    if dialect == "postgresql":
+        wanted = bindparam("tags_all", type_=postgresql.ARRAY(postgresql.TEXT))
+        return tasks.c.tags.op("?&", return_type=Boolean())(wanted)
+    members = []
+    for index in range(count):
         each = func.json_each(tasks.c.tags).table_valued("value")
-        return exists(select(1).select_from(each).where(each.c.value.in_(values)))
+        members.append(
+            exists(select(1).select_from(each).where(each.c.value == bindparam(f"tag_{index}")))
+        )
+    return and_(*members)
 
-    if every:
-        return and_(*(member(tag) for tag in tags_wanted))
-    return member(*tags_wanted)
+
+LIKE_ESCAPE = "/"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
 def _copy(value: Mapping[str, Any] | None) -> dict[str, Any] | None:

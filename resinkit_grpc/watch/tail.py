@@ -77,6 +77,10 @@ class EventTail:
         """Adds a subscription whose cursor is at or past this tail's position: from now on it
         is offered every batch, so it misses nothing after its cursor."""
         assert subscription.cursor >= self.position
+        if not self._everyone and not self._by_task:
+            # The tail reads nothing while nobody listens; the first subscriber has replayed
+            # the table up to its cursor, so that is where reading resumes.
+            self.position = subscription.cursor
         if subscription.filter.task_ids:
             for task_id in subscription.filter.task_ids:
                 self._by_task[task_id].add(subscription)
@@ -110,6 +114,8 @@ class EventTail:
                 await asyncio.sleep(0.5)
 
     async def _catch_up(self) -> None:
+        if not self._everyone and not self._by_task:
+            return  # nobody to tell; subscribe() moves the position forward
         while True:
             rows = await self._db.read(
                 events.read_events, after_event_id=self.position, limit=BATCH
@@ -142,7 +148,9 @@ class EventTail:
                 if version != last:
                     last = version
                     loop.call_soon_threadsafe(self._wake.set)
-        except (sqlite3.Error, RuntimeError):
+        except RuntimeError:  # the event loop is closed: the server is gone
+            pass
+        except sqlite3.Error:
             log.exception("data_version poll stopped; falling back to the timer")
         finally:
             connection.close()
