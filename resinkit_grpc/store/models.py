@@ -72,15 +72,21 @@ class Task(Base):
 
     __table_args__ = (
         CheckConstraint(f"status IN ({STATUS_NAMES})", name="status"),
+        # Partial (live tasks only) and ending in the default sort order, so that a page of one
+        # status or one type walks the index in order instead of sorting every match.
         Index(
             "ix_tasks_status",
             "status",
+            "created_at",
+            "task_id",
             sqlite_where=SQLITE_ACTIVE_ONLY,
             postgresql_where=POSTGRES_ACTIVE_ONLY,
         ),
         Index(
             "ix_tasks_task_type",
             "task_type",
+            "created_at",
+            "task_id",
             sqlite_where=SQLITE_ACTIVE_ONLY,
             postgresql_where=POSTGRES_ACTIVE_ONLY,
         ),
