@@ -35,7 +35,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
     @translate_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
         full = request.view != pb.TASK_VIEW_BASIC
-        row = await self._db.read(tasks.get_task, parse.task_id(request.task_id), full=full)
+        row = await self._db.read_bounded(tasks.get_task, parse.task_id(request.task_id), full=full)
         return task_to_proto(row)
 
     @translate_errors

@@ -43,6 +43,7 @@ class Database:
         self._readers = ThreadPoolExecutor(
             settings.read_threads, thread_name_prefix="resinkit-read"
         )
+        self._inline: Connection | None = None  # read_bounded()'s, used on the event loop only
         self._commit_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     @property
@@ -74,6 +75,26 @@ class Database:
             self._readers, lambda: self.run_read(operation, *args, **kwargs)
         )
 
+    async def read_bounded(
+        self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Like read(), for an operation whose cost is small and bounded (a primary-key
+        lookup). On SQLite it runs right here on the event loop: a hop to a thread and back
+        costs more than the lookup, in CPU and in the GIL hand-offs between the two threads.
+        Its connection never waits for a lock; in the rare case SQLite is busy, the read goes
+        to the read threads after all."""
+        if self.dialect != "sqlite":
+            return await self.read(operation, *args, **kwargs)
+        if self._inline is None:
+            self._inline = self.reader_engine.connect()
+            self._inline.exec_driver_sql("PRAGMA busy_timeout = 0")
+            self._inline.commit()
+        try:
+            with self._inline.begin():
+                return operation(self._inline, *args, **kwargs)
+        except OperationalError:
+            return await self.read(operation, *args, **kwargs)
+
     def run_read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(self.reader_engine, operation, *args, **kwargs)
 
@@ -92,6 +113,8 @@ class Database:
             raise
 
     def close(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
         self._writer.close()
         self._readers.shutdown(wait=True)
         self.writer_engine.dispose()

@@ -60,7 +60,8 @@ def _unicode_lower(value: object) -> object:
 def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
     engine = create_engine(
         url,
-        pool_size=1 if immediate else settings.read_threads,
+        # Readers: one connection per read thread, and one for reads on the event loop.
+        pool_size=1 if immediate else settings.read_threads + 1,
         max_overflow=0,
         pool_pre_ping=False,
     )
