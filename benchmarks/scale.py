@@ -94,28 +94,31 @@ def run(address: str, depth: int, repeats: int) -> list[DepthResult]:
     results = []
     for name, task_filter in FILTERS.items():
         request = pb.ListTasksRequest(filter=task_filter, page_size=50)
-        first = _median_ms(stub, request, repeats)
         progress = Progress(f"paging {name} to page {depth}", depth)
         token = ""
         for _ in range(depth - 1):
-            token = stub.ListTasks(
-                pb.ListTasksRequest(filter=task_filter, page_size=50, page_token=token)
-            ).next_page_token
+            page = pb.ListTasksRequest(filter=task_filter, page_size=50, page_token=token)
+            token = stub.ListTasks(page).next_page_token
             progress.advance()
             assert token, f"fewer than {depth} pages match {name}"
         progress.close()
         deep_request = pb.ListTasksRequest(filter=task_filter, page_size=50, page_token=token)
         assert len(stub.ListTasks(deep_request).tasks) == 50
-        results.append(DepthResult(name, first, _median_ms(stub, deep_request, repeats), depth))
+        first, deep = _medians_ms(stub, (request, deep_request), repeats)
+        results.append(DepthResult(name, first, deep, depth))
     channel.close()
     return results
 
 
-def _median_ms(stub: Any, request: pb.ListTasksRequest, repeats: int) -> float:
-    stub.ListTasks(request)  # warm the page cache and the connection
-    samples = []
+def _medians_ms(stub: Any, requests: tuple[pb.ListTasksRequest, ...], repeats: int) -> list[float]:
+    """Median latency of each request, the requests taking turns so that both meet the same
+    machine (caches, neighbours) and only their own cost differs."""
+    samples: list[list[float]] = [[] for _ in requests]
+    for request in requests:
+        stub.ListTasks(request)  # warm the page cache and the connection
     for _ in range(repeats):
-        began = time.perf_counter()
-        stub.ListTasks(request)
-        samples.append((time.perf_counter() - began) * 1000)
-    return statistics.median(samples)
+        for index, request in enumerate(requests):
+            began = time.perf_counter()
+            stub.ListTasks(request)
+            samples[index].append((time.perf_counter() - began) * 1000)
+    return [statistics.median(times) for times in samples]

@@ -22,6 +22,7 @@ WATCHERS_PER_PROCESS = 500
 @dataclass
 class WatchResult:
     watchers: int
+    rate: float  # events written per second, each delivered to every watcher
     events: int
     deliveries: int
     p50_ms: float
@@ -102,6 +103,7 @@ def run(
         results.append(
             WatchResult(
                 watchers=count,
+                rate=rate,
                 events=events,
                 deliveries=len(latencies),
                 p50_ms=statistics.median(latencies),

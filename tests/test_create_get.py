@@ -114,3 +114,22 @@ def test_nested_json_round_trips(stub: Any) -> None:
         pb.CreateTaskRequest(task=pb.Task(task_type="t", submitted_configs=configs))
     )
     assert task.submitted_configs == configs
+
+
+def test_nul_characters_are_invalid_argument_on_every_backend(stub: Any) -> None:
+    task = new_task("type\x00", tags=["a\x00b"], task_name="n\x00")
+    task.submitted_configs.update({"sql": "SELECT '\x00'"})
+    error = rpc_error(
+        lambda: stub.CreateTask(pb.CreateTaskRequest(task=task)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert violated_fields(error) == {
+        "task.task_type",
+        "task.tags",
+        "task.task_name",
+        "task.submitted_configs",
+    }
+    error = rpc_error(
+        lambda: stub.ListTasks(pb.ListTasksRequest(filter=pb.TaskFilter(name_contains="x\x00"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violated_fields(error) == {"filter.name_contains"}

@@ -12,10 +12,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
-from tests.rpc import create, error_reason, rpc_error, violated_fields
+from tests.rpc import create, detail, error_reason, rpc_error, violated_fields
 from tests.servers import ServerProcess
 from tests.watching import Watcher, matching, resume_point, table_events
 
@@ -301,6 +302,7 @@ def test_shutdown_ends_streams_with_unavailable_and_a_resume_point(
         ({"until_terminal": True, "task_ids": ["a", "b"]}, "until_terminal"),
         ({"event_types": ["EXPLODED"]}, "event_types"),
         ({"task_ids": ["not valid!"]}, "task_ids[0]"),
+        ({"task_types": ["nul\x00"]}, "task_types"),
     ],
 )
 def test_malformed_watch_requests_are_invalid_argument(
@@ -348,3 +350,55 @@ def test_a_thousand_watchers_do_not_starve_unary_calls(
         await channel.close()
 
     asyncio.run(scenario())
+
+
+def test_resuming_beyond_the_end_of_the_log_does_not_stall_later_watchers(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST_HEARTBEAT)
+    stub = server.stub()
+    create(stub)
+    ahead = Watcher(stub, after_event_id=10**9)  # the first subscriber, far past the log
+    ahead.wait_live()
+    ahead.stop()
+    later = Watcher(stub, after_event_id=0)
+    later.wait_live()
+    task = create(stub)
+    later.wait_for(lambda w: task.task_id in {e.task_id for e in w.events})
+    later.stop()
+    assert later.ids() == matching(table_events(server.database_url))
+
+
+def test_until_terminal_replays_more_than_a_page_before_it_ends(server: ServerProcess) -> None:
+    stub = server.stub()
+    task = create(stub)
+    for priority in range(1, 601):  # more events than one replay page (500)
+        stub.UpdateTask(pb.UpdateTaskRequest(task=pb.Task(task_id=task.task_id, priority=priority)))
+    stub.UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id=task.task_id, status=pb.TASK_STATUS_COMPLETED)
+    )
+    replayed = list(
+        stub.WatchTaskEvents(
+            pb.WatchTaskEventsRequest(
+                task_ids=[task.task_id], until_terminal=True, after_event_id=0
+            ),
+            timeout=30,
+        )
+    )
+    kinds = [r.event.event_type for r in replayed]
+    assert kinds == ["CREATED", *["UPDATED"] * 600, "STATUS_CHANGE"]
+
+
+def test_a_refused_live_only_watch_carries_no_resume_point(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--max-watchers", "1")
+    stub = server.stub()
+    held = Watcher(stub)
+    held.wait_live()
+    refused = Watcher(stub)
+    assert refused.done.wait(10) and refused.error is not None
+    info = detail(refused.error, error_details_pb2.ErrorInfo)
+    assert info.reason == "TOO_MANY_WATCHERS"
+    assert "resume_after_event_id" not in info.metadata
+    held.stop()

@@ -35,8 +35,9 @@ _STRUCT_FIELDS = (
 _TEXT_FIELDS = ("task_id", "task_type", "task_name", "description", "created_by")
 
 
-class NonFiniteNumber(ValueError):
-    """A Struct held NaN or an infinity, which JSON cannot store."""
+class UnstorableJSON(ValueError):
+    """A Struct held something a JSON column cannot store (NaN, infinities, NUL characters);
+    the message says what, for the caller."""
 
 
 def task_to_proto(row: Row[Any]) -> pb.Task:
@@ -98,7 +99,12 @@ def datetime_from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON values; integral numbers come back as ints (Struct only has
     doubles), so stored documents read naturally to other tools."""
-    return {key: _value(value) for key, value in message.fields.items()}
+    result = {}
+    for key, value in message.fields.items():
+        if "\x00" in key:
+            raise UnstorableJSON("keys must not contain NUL characters")
+        result[key] = _value(value)
+    return result
 
 
 def _value(value: struct_pb2.Value) -> Any:
@@ -106,9 +112,11 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "number_value":
         number = value.number_value
         if not math.isfinite(number):
-            raise NonFiniteNumber(number)
+            raise UnstorableJSON("numbers must be finite (JSON has no NaN or Infinity)")
         return int(number) if number.is_integer() and abs(number) < 2**53 else number
     if kind == "string_value":
+        if "\x00" in value.string_value:
+            raise UnstorableJSON("strings must not contain NUL characters")
         return value.string_value
     if kind == "bool_value":
         return value.bool_value

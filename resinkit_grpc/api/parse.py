@@ -14,7 +14,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from resinkit_grpc.api.convert import (
     PROTO_TO_STATUS,
-    NonFiniteNumber,
+    UnstorableJSON,
     datetime_from_timestamp,
     struct_to_dict,
 )
@@ -41,6 +41,9 @@ MAX_TAG_LENGTH = 128
 MAX_NAME_LENGTH = 256
 MAX_DESCRIPTION_LENGTH = 4096
 MAX_SHORT_TEXT = 128
+# Values per list in a filter (statuses, task types, tags); watches may name more tasks.
+MAX_FILTER_VALUES = 100
+MAX_WATCHED_TASKS = 1000
 # Up to ten years; longer is almost certainly a unit mistake.
 MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -77,6 +80,19 @@ class Violations:
         if not ok:
             self.add(field, description)
 
+    def text(self, value: str, field: str, max_length: int) -> None:
+        """Text that every backend can store: bounded, and without NUL characters."""
+        if len(value) > max_length:
+            self.add(field, f"is too long (max {max_length})")
+        elif "\x00" in value:
+            self.add(field, "must not contain NUL characters")
+
+    def texts(self, values: Sequence[str], field: str, max_length: int, max_count: int) -> None:
+        if len(values) > max_count:
+            self.add(field, f"at most {max_count} values")
+        for value in values:
+            self.text(value, field, max_length)
+
     def raise_if_any(self) -> None:
         if self.items:
             raise InvalidArgument(self.items)
@@ -111,16 +127,14 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
     else:
         new_id = str(uuid.uuid4())
     problems.check(bool(task.task_type), "task.task_type", "is required")
-    problems.check(len(task.task_type) <= MAX_SHORT_TEXT, "task.task_type", "is too long (max 128)")
+    problems.text(task.task_type, "task.task_type", MAX_SHORT_TEXT)
     problems.check(
         task.status in (pb.TASK_STATUS_UNSPECIFIED, pb.TASK_STATUS_PENDING),
         "task.status",
         "a new task starts in TASK_STATUS_PENDING; leave status unset",
     )
-    problems.check(len(request.request_id) <= MAX_SHORT_TEXT, "request_id", "is too long (max 128)")
-    problems.check(
-        len(task.created_by) <= MAX_SHORT_TEXT, "task.created_by", "is too long (max 128)"
-    )
+    problems.text(request.request_id, "request_id", MAX_SHORT_TEXT)
+    problems.text(task.created_by, "task.created_by", MAX_SHORT_TEXT)
     _check_texts(problems, task)
     configs = _struct(problems, task, "submitted_configs") or {}
     timeout = configs.get("task_timeout_seconds")
@@ -199,7 +213,7 @@ def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
     if status is None:
         raise InvalidArgument.one("status", f"{request.status} is not a TaskStatus")
     problems = Violations()
-    problems.check(len(request.actor) <= MAX_SHORT_TEXT, "actor", "is too long (max 128)")
+    problems.text(request.actor, "actor", MAX_SHORT_TEXT)
     details = {}
     for name in STATUS_DETAIL_FIELDS:
         value = _struct(problems, request, name, prefix="")
@@ -237,6 +251,11 @@ def list_tasks(request: pb.ListTasksRequest, tokens: PageTokens) -> TaskPage:
             problems.add("filter.statuses", f"{number} is not a TaskStatus")
         else:
             statuses.append(status.value)
+    problems.texts(f.task_types, "filter.task_types", MAX_SHORT_TEXT, MAX_FILTER_VALUES)
+    problems.text(f.created_by, "filter.created_by", MAX_SHORT_TEXT)
+    problems.text(f.name_contains, "filter.name_contains", MAX_NAME_LENGTH)
+    problems.texts(f.tags_any, "filter.tags_any", MAX_TAG_LENGTH, MAX_FILTER_VALUES)
+    problems.texts(f.tags_all, "filter.tags_all", MAX_TAG_LENGTH, MAX_FILTER_VALUES)
     query = TaskQuery(
         statuses=tuple(sorted(set(statuses))),
         task_types=tuple(sorted(set(f.task_types))),
@@ -334,22 +353,18 @@ def _populated_mutable_fields(task: pb.Task) -> list[str]:
 
 
 def _check_texts(problems: Violations, task: pb.Task) -> None:
-    problems.check(
-        len(task.task_name) <= MAX_NAME_LENGTH, "task.task_name", "is too long (max 256)"
-    )
-    problems.check(
-        len(task.description) <= MAX_DESCRIPTION_LENGTH,
-        "task.description",
-        "is too long (max 4096)",
-    )
+    problems.text(task.task_name, "task.task_name", MAX_NAME_LENGTH)
+    problems.text(task.description, "task.description", MAX_DESCRIPTION_LENGTH)
 
 
 def _tags(problems: Violations, values: Sequence[str]) -> list[str] | None:
     tags = list(dict.fromkeys(values))
     problems.check(len(tags) <= MAX_TAGS, "task.tags", f"at most {MAX_TAGS} tags")
     for tag in tags:
-        if not tag or len(tag) > MAX_TAG_LENGTH:
-            problems.add("task.tags", f"each tag must be 1 to {MAX_TAG_LENGTH} characters")
+        if not tag or len(tag) > MAX_TAG_LENGTH or "\x00" in tag:
+            problems.add(
+                "task.tags", f"each tag must be 1 to {MAX_TAG_LENGTH} characters, without NUL"
+            )
             break
     return tags or None
 
@@ -362,8 +377,8 @@ def _struct(
     value: struct_pb2.Struct = getattr(message, name)
     try:
         return struct_to_dict(value)
-    except NonFiniteNumber:
-        problems.add(prefix + name, "numbers must be finite (JSON has no NaN or Infinity)")
+    except UnstorableJSON as error:
+        problems.add(prefix + name, str(error))
         return None
 
 

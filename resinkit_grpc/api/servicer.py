@@ -11,7 +11,7 @@ import grpc
 from resinkit_grpc.api import parse
 from resinkit_grpc.api.convert import event_to_proto, task_to_proto
 from resinkit_grpc.api.page_tokens import PageTokens
-from resinkit_grpc.api.status import translate_errors
+from resinkit_grpc.api.status import translate_errors, translate_stream_errors
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.store import events, tasks
@@ -107,5 +107,6 @@ class TaskService(pb_grpc.TaskServiceServicer):
     async def WatchTaskEvents(
         self, request: pb.WatchTaskEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
-        async for response in self._watches.watch(request, context):
-            yield response
+        async with translate_stream_errors(context):
+            async for response in self._watches.watch(request, context):
+                yield response

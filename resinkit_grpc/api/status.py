@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -130,6 +131,22 @@ def pack_status(code: int, message: str, details: list[Any]) -> status_pb2.Statu
 async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
     # grpc-stubs predates abort_with_status on the aio context.
     await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
+
+
+@contextlib.asynccontextmanager
+async def translate_stream_errors(
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> AsyncIterator[None]:
+    """translate_errors for a streaming handler: wraps its body, lets its own aborts through."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except ResinkitError as error:
+        await abort(context, to_status(error))
+    except Exception:
+        log.exception("unexpected error in a stream")
+        await abort(context, internal_error())
 
 
 def translate_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:

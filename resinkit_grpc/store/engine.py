@@ -95,6 +95,19 @@ def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
     return engine
 
 
+# Bounds on every wait, so that a stuck replica or a vanished peer turns into UNAVAILABLE
+# instead of a call that never returns: lock waits (the event-append lock included), single
+# statements, and dead TCP peers (keepalives).
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "options": "-c lock_timeout=10000 -c statement_timeout=60000",
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "connect_timeout": 10,
+}
+
+
 def _postgres_engine(url: URL, settings: Settings, *, writer: bool) -> Engine:
     # One connection per thread that uses the pool: the writer's, or one per read thread.
     # pre_ping replaces connections the server dropped (restart, pg_terminate_backend).
@@ -104,4 +117,5 @@ def _postgres_engine(url: URL, settings: Settings, *, writer: bool) -> Engine:
         max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=settings.pool_timeout,
+        connect_args=POSTGRES_CONNECT_ARGS,
     )

@@ -146,10 +146,11 @@ def last_event_id(connection: Connection) -> int:
 
 @dataclass(frozen=True)
 class ReplayPage:
-    """One page of a watch's replay, read in one snapshot."""
+    """One page of a watch's replay."""
 
     events: list[Row[Any]]
-    # Every matching event with an id up to here is in `events` or an earlier page.
+    # Every matching event with an id up to here is in `events` or an earlier page; never
+    # beyond the end of the log.
     scanned_to: int
     # The status of the task named by `status_of`, in the same snapshot (None if unknown).
     task_status: str | None
@@ -169,6 +170,13 @@ def read_replay_page(
 
     Correct because the visible events always form a prefix of the id order (see append_event):
     nothing at or below `upper` can still appear after it was read."""
+    # The status first: on PostgreSQL (READ COMMITTED) every statement sees a newer moment,
+    # and a terminal status read first guarantees its event is at or below `upper`.
+    status = None
+    if status_of is not None:
+        status = connection.execute(
+            select(tasks.c.status).where(tasks.c.task_id == status_of)
+        ).scalar_one_or_none()
     upper = last_event_id(connection)
     rows = read_events(
         connection,
@@ -179,10 +187,5 @@ def read_replay_page(
         task_types=task_types,
         event_types=event_types,
     )
-    scanned_to = rows[-1].event_id if len(rows) == limit else max(upper, after_event_id)
-    status = None
-    if status_of is not None:
-        status = connection.execute(
-            select(tasks.c.status).where(tasks.c.task_id == status_of)
-        ).scalar_one_or_none()
+    scanned_to = rows[-1].event_id if len(rows) == limit else upper
     return ReplayPage(rows, scanned_to, status)

@@ -46,6 +46,10 @@ def migrate(engine: Engine) -> str:
     heads = set(ScriptDirectory.from_config(config).get_heads())
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
+            # A migration (or waiting for another replica's) may take longer than the bounds
+            # ordinary statements get (see engine.POSTGRES_CONNECT_ARGS).
+            connection.execute(text("SET LOCAL lock_timeout = 0"))
+            connection.execute(text("SET LOCAL statement_timeout = 0"))
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )

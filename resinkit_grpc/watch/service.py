@@ -56,132 +56,95 @@ class Watches:
     async def watch(
         self, request: pb.WatchTaskEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
+        """The stream for one request. One flat generator on purpose: with a thousand streams,
+        every layer of `async for` between the tail and gRPC costs on every message."""
         try:
             event_filter, after, until = _parse(request)
         except InvalidArgument as error:
             await abort(context, to_status(error))
             return
         if self._closing:
-            await abort(
-                context,
-                _ending(
-                    code_pb2.UNAVAILABLE,
-                    "SHUTTING_DOWN",
-                    "the server is shutting down; reconnect",
-                    after or 0,
-                ),
-            )
+            await abort(context, _shutting_down(after))
         if self._active >= self._settings.max_watchers:
+            message = (
+                f"this server already serves {self._active} watchers; retry later or elsewhere"
+            )
             await abort(
                 context,
-                _ending(
-                    code_pb2.RESOURCE_EXHAUSTED,
-                    "TOO_MANY_WATCHERS",
-                    f"this server already serves {self._active} watchers; retry later or elsewhere",
-                    after or 0,
-                ),
+                _ending(code_pb2.RESOURCE_EXHAUSTED, "TOO_MANY_WATCHERS", message, after),
             )
         self._active += 1
+        subscription: Subscription | None = None
         try:
-            async for response in self._stream(event_filter, after, until, context):
-                yield response
-        finally:
-            self._active -= 1
-
-    async def _stream(
-        self, event_filter: EventFilter, after: int | None, until: str | None, context: Context
-    ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
-        sent = after if after is not None else await self._db.read(events.last_event_id)
-        cursor = sent
-        # Replay: read the table after the cursor until caught up with the tail.
-        while True:
-            page = await self._db.read(
-                events.read_replay_page,
-                after_event_id=cursor,
-                limit=REPLAY_PAGE,
-                task_ids=sorted(event_filter.task_ids),
-                task_types=sorted(event_filter.task_types),
-                event_types=sorted(event_filter.event_types),
-                status_of=until,
-            )
-            for row in page.events:
-                yield pb.WatchTaskEventsResponse(event=event_to_proto(row))
-                sent = row.event_id
-            cursor = max(cursor, page.scanned_to)
-            if self._closing:
-                await abort(
-                    context,
-                    _ending(
-                        code_pb2.UNAVAILABLE,
-                        "SHUTTING_DOWN",
-                        "the server is shutting down; reconnect",
-                        sent,
-                    ),
+            start = after if after is not None else await self._db.read(events.last_event_id)
+            sent = cursor = start  # cursor: every matching event up to it has been sent
+            replayed_to = 0  # how far this stream has read the log itself
+            # Replay: read the table after the cursor until caught up with the tail.
+            while True:
+                page = await self._db.read(
+                    events.read_replay_page,
+                    after_event_id=cursor,
+                    limit=REPLAY_PAGE,
+                    task_ids=sorted(event_filter.task_ids),
+                    task_types=sorted(event_filter.task_types),
+                    event_types=sorted(event_filter.event_types),
+                    status_of=until,
                 )
-            if until is not None and page.task_status and TaskStatus(page.task_status).is_terminal:
-                return
-            # No await between this check and subscribe(): the tail cannot move in between, so
-            # the live feed starts exactly where the replay stopped.
-            if len(page.events) < REPLAY_PAGE and cursor >= self.tail.position:
-                break
-        subscription = Subscription(
-            event_filter, cursor, self._settings.watch_buffer, until_terminal=until
-        )
-        self.tail.subscribe(subscription)
-        self._live.add(subscription)
-        try:
+                for row in page.events:
+                    yield pb.WatchTaskEventsResponse(event=event_to_proto(row))
+                    sent = row.event_id
+                replayed_to = max(replayed_to, page.scanned_to)
+                # A client may name a position beyond the log; it still gets nothing before it.
+                cursor = max(cursor, page.scanned_to)
+                if self._closing:
+                    await abort(context, _shutting_down(sent))
+                if len(page.events) == REPLAY_PAGE:
+                    continue
+                if until and page.task_status and TaskStatus(page.task_status).is_terminal:
+                    return  # the terminal event, if it matches, was in this replay
+                # No await between this check and subscribe(): the tail cannot move in
+                # between, so the live feed starts exactly where the replay stopped.
+                if replayed_to >= self.tail.position:
+                    break
+            subscription = Subscription(
+                event_filter, cursor, self._settings.watch_buffer, until_terminal=until
+            )
+            self.tail.subscribe(subscription, replayed_to)
+            self._live.add(subscription)
             sent = cursor
             yield _heartbeat(sent)  # the stream is live from here
-            async for response, position in self._live_feed(subscription):
-                yield response
-                sent = position
+            interval = self._settings.heartbeat_interval
+            pending = subscription.pending
+            while subscription.ended is None:
+                if pending:
+                    event = pending.popleft()
+                    yield event.response
+                    sent = event.event_id
+                    continue
+                if subscription.finished:
+                    return
+                subscription.wakeup.clear()
+                try:
+                    async with asyncio.timeout(interval):  # not wait_for: see EventTail._run
+                        await subscription.wakeup.wait()
+                except TimeoutError:
+                    # Nothing pending: every matching event up to the tail's position is sent.
+                    sent = max(subscription.cursor, self.tail.position)
+                    yield _heartbeat(sent)
             if isinstance(subscription.ended, Overflowed):
-                await abort(
-                    context,
-                    _ending(
-                        code_pb2.RESOURCE_EXHAUSTED,
-                        "SLOW_CONSUMER",
-                        f"the stream fell more than {self._settings.watch_buffer} events behind; "
-                        f"resume with after_event_id={sent}",
-                        sent,
-                    ),
+                message = (
+                    f"the stream fell more than {self._settings.watch_buffer} events behind; "
+                    f"resume with after_event_id={sent}"
                 )
-            if isinstance(subscription.ended, ShuttingDown):
                 await abort(
-                    context,
-                    _ending(
-                        code_pb2.UNAVAILABLE,
-                        "SHUTTING_DOWN",
-                        "the server is shutting down; reconnect",
-                        sent,
-                    ),
+                    context, _ending(code_pb2.RESOURCE_EXHAUSTED, "SLOW_CONSUMER", message, sent)
                 )
+            await abort(context, _shutting_down(sent))
         finally:
-            self.tail.unsubscribe(subscription)
-            self._live.discard(subscription)
-
-    async def _live_feed(
-        self, subscription: Subscription
-    ) -> AsyncIterator[tuple[pb.WatchTaskEventsResponse, int]]:
-        """(response, resume position) pairs until the subscription finishes or ends."""
-        interval = self._settings.heartbeat_interval
-        while True:
-            if subscription.ended is not None:
-                return
-            if subscription.pending:
-                event = subscription.pending.popleft()
-                yield event.response, event.event_id
-                continue
-            if subscription.finished:
-                return
-            subscription.wakeup.clear()
-            try:
-                async with asyncio.timeout(interval):  # not wait_for: see EventTail._run
-                    await subscription.wakeup.wait()
-            except TimeoutError:
-                # Nothing pending: every matching event up to the tail's position has been sent.
-                position = max(subscription.cursor, self.tail.position)
-                yield _heartbeat(position), position
+            self._active -= 1
+            if subscription is not None:
+                self.tail.unsubscribe(subscription)
+                self._live.discard(subscription)
 
 
 def _parse(request: pb.WatchTaskEventsRequest) -> tuple[EventFilter, int | None, str | None]:
@@ -193,6 +156,12 @@ def _parse(request: pb.WatchTaskEventsRequest) -> tuple[EventFilter, int | None,
         except InvalidArgument as error:
             problems.items.extend(error.violations)
     problems.check(all(request.task_types), "task_types", "must not contain empty strings")
+    problems.texts(request.task_types, "task_types", parse.MAX_SHORT_TEXT, parse.MAX_FILTER_VALUES)
+    problems.check(
+        len(request.task_ids) <= parse.MAX_WATCHED_TASKS,
+        "task_ids",
+        f"at most {parse.MAX_WATCHED_TASKS} tasks per watch",
+    )
     try:
         event_types = parse.event_types(request.event_types)
     except InvalidArgument as error:
@@ -219,9 +188,18 @@ def _heartbeat(position: int) -> pb.WatchTaskEventsResponse:
     return pb.WatchTaskEventsResponse(heartbeat=pb.Heartbeat(event_id=position, timestamp=now))
 
 
-def _ending(code: int, reason: str, message: str, resume_after: int) -> Any:
-    """A resumable end of stream: ErrorInfo.metadata["resume_after_event_id"] says where from."""
-    info = error_details_pb2.ErrorInfo(
-        reason=reason, domain=DOMAIN, metadata={"resume_after_event_id": str(resume_after)}
+def _shutting_down(resume_after: int | None) -> Any:
+    return _ending(
+        code_pb2.UNAVAILABLE,
+        "SHUTTING_DOWN",
+        "the server is shutting down; reconnect",
+        resume_after,
     )
+
+
+def _ending(code: int, reason: str, message: str, resume_after: int | None) -> Any:
+    """A resumable end of stream: ErrorInfo.metadata["resume_after_event_id"] says where from
+    (absent when a live-only stream is refused before it started: just ask again)."""
+    metadata = {} if resume_after is None else {"resume_after_event_id": str(resume_after)}
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
     return pack_status(code, message, [info])

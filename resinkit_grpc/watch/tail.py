@@ -23,6 +23,7 @@ from resinkit_grpc.api.convert import event_to_proto
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.store import events
 from resinkit_grpc.store.database import Database
+from resinkit_grpc.store.engine import POSTGRES_CONNECT_ARGS
 from resinkit_grpc.watch.subscription import LogEvent, Subscription
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,14 @@ class EventTail:
     def wake(self) -> None:
         self._wake.set()
 
-    def subscribe(self, subscription: Subscription) -> None:
-        """Adds a subscription whose cursor is at or past this tail's position: from now on it
-        is offered every batch, so it misses nothing after its cursor."""
-        assert subscription.cursor >= self.position
+    def subscribe(self, subscription: Subscription, replayed_to: int) -> None:
+        """Adds a subscription that has read the log itself up to `replayed_to`, at or past
+        this tail's position: from now on it is offered every batch, so it misses nothing."""
+        assert replayed_to >= self.position
         if not self._everyone and not self._by_task:
             # The tail reads nothing while nobody listens; the first subscriber has replayed
-            # the table up to its cursor, so that is where reading resumes.
-            self.position = subscription.cursor
+            # the log up to replayed_to (never beyond its real end), so reading resumes there.
+            self.position = replayed_to
         if subscription.filter.task_ids:
             for task_id in subscription.filter.task_ids:
                 self._by_task[task_id].add(subscription)
@@ -162,7 +163,9 @@ class EventTail:
         conninfo = url.render_as_string(hide_password=False)
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
+                with psycopg.connect(
+                    conninfo, autocommit=True, **POSTGRES_CONNECT_ARGS
+                ) as connection:
                     connection.execute(f"LISTEN {events.NOTIFY_CHANNEL}")
                     loop.call_soon_threadsafe(self._wake.set)
                     while not self._stopping.is_set():
