@@ -60,3 +60,20 @@ def create(stub: Any, task_type: str = "flink_sql", **fields: Any) -> pb.Task:
     return stub.CreateTask(
         pb.CreateTaskRequest(task=new_task(task_type, **fields), **request_fields)
     )
+
+
+def get(stub: Any, task_id: str) -> pb.Task:
+    return stub.GetTask(pb.GetTaskRequest(task_id=task_id))
+
+
+def history(stub: Any, task_id: str, timeout: float | None = None) -> list[pb.TaskEvent]:
+    """Every event of a task, following page tokens to the end."""
+    events: list[pb.TaskEvent] = []
+    token = ""
+    while True:
+        request = pb.ListTaskEventsRequest(task_id=task_id, page_size=1000, page_token=token)
+        page = stub.ListTaskEvents(request, timeout=timeout)
+        events.extend(page.events)
+        token = page.next_page_token
+        if not token:
+            return events

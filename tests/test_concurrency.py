@@ -23,12 +23,19 @@ from google.protobuf import field_mask_pb2
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from tests.rpc import create, error_reason
+from tests.rpc import history as paged_history
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 S = pb.TaskStatus
 CALL_TIMEOUT = 30.0
+
+
+def history(stub: Any, task_id: str) -> list[pb.TaskEvent]:
+    return paged_history(stub, task_id, timeout=CALL_TIMEOUT)
+
+
 # Legal walks along the documented transition table; each writer picks one per task.
 STATUS_PATHS = (
     (S.TASK_STATUS_SUBMITTED, S.TASK_STATUS_RUNNING, S.TASK_STATUS_COMPLETED),
@@ -48,20 +55,6 @@ STATUS_PATHS = (
 
 def mask(*paths: str) -> field_mask_pb2.FieldMask:
     return field_mask_pb2.FieldMask(paths=list(paths))
-
-
-def history(stub: Any, task_id: str) -> list[pb.TaskEvent]:
-    events: list[pb.TaskEvent] = []
-    token = ""
-    while True:
-        page = stub.ListTaskEvents(
-            pb.ListTaskEventsRequest(task_id=task_id, page_size=1000, page_token=token),
-            timeout=CALL_TIMEOUT,
-        )
-        events.extend(page.events)
-        token = page.next_page_token
-        if not token:
-            return events
 
 
 def tasks_of_type(stub: Any, task_type: str) -> list[pb.Task]:

@@ -11,7 +11,7 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
-from tests.rpc import create, detail, error_reason, rpc_error, violated_fields
+from tests.rpc import create, detail, error_reason, get, history, rpc_error, violated_fields
 
 S = pb.TaskStatus
 
@@ -28,21 +28,6 @@ def walk(stub: Any, task_id: str, *statuses: int) -> pb.Task:
         task = move(stub, task_id, status)
     assert task is not None
     return task
-
-
-def get(stub: Any, task_id: str) -> pb.Task:
-    return stub.GetTask(pb.GetTaskRequest(task_id=task_id))
-
-
-def history(stub: Any, task_id: str) -> list[pb.TaskEvent]:
-    events: list[pb.TaskEvent] = []
-    token = ""
-    while True:
-        page = stub.ListTaskEvents(pb.ListTaskEventsRequest(task_id=task_id, page_token=token))
-        events.extend(page.events)
-        token = page.next_page_token
-        if not token:
-            return events
 
 
 def event_types(stub: Any, task_id: str) -> list[str]:

@@ -10,7 +10,15 @@ import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
-from tests.rpc import create, error_reason, new_task, rpc_error, violated_fields
+from tests.rpc import (
+    create,
+    error_reason,
+    get,
+    history,
+    new_task,
+    rpc_error,
+    violated_fields,
+)
 
 MUTABLE_FIELDS = {
     "task_name",
@@ -35,21 +43,6 @@ def changes(task_id: str, etag: str = "", **fields: Any) -> pb.Task:
     task.task_id = task_id
     task.etag = etag
     return task
-
-
-def get(stub: Any, task_id: str) -> pb.Task:
-    return stub.GetTask(pb.GetTaskRequest(task_id=task_id))
-
-
-def history(stub: Any, task_id: str) -> list[pb.TaskEvent]:
-    events: list[pb.TaskEvent] = []
-    token = ""
-    while True:
-        page = stub.ListTaskEvents(pb.ListTaskEventsRequest(task_id=task_id, page_token=token))
-        events.extend(page.events)
-        token = page.next_page_token
-        if not token:
-            return events
 
 
 def changed_fields(event: pb.TaskEvent) -> list[str]:

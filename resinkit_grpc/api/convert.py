@@ -12,7 +12,7 @@ from sqlalchemy import Row
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
-from resinkit_grpc.store.tasks import etag_of
+from resinkit_grpc.store.tasks import LARGE_COLUMNS, etag_of
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Stored status name -> enum number, and back.
@@ -24,14 +24,6 @@ PROTO_TO_STATUS: dict[int, TaskStatus] = {
 }
 
 _TIMESTAMP_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "expires_at")
-_STRUCT_FIELDS = (
-    "submitted_configs",
-    "error_info",
-    "result_summary",
-    "execution_details",
-    "progress_details",
-    "notification_config",
-)
 _TEXT_FIELDS = ("task_id", "task_type", "task_name", "description", "created_by")
 
 
@@ -56,7 +48,7 @@ def task_to_proto(row: Row[Any]) -> pb.Task:
     for name in _TIMESTAMP_FIELDS:
         if values[name] is not None:
             getattr(task, name).CopyFrom(timestamp_from_datetime(values[name]))
-    for name in _STRUCT_FIELDS:
+    for name in LARGE_COLUMNS:
         value = values.get(name)
         if value is not None:
             getattr(task, name).update(value)
