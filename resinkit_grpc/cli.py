@@ -36,6 +36,12 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--grace-period", "grace_period", float, "seconds in-flight RPCs get to finish on shutdown"),
     ("--read-threads", "read_threads", int, "threads running read transactions"),
     (
+        "--loop-read-budget",
+        "loop_read_budget",
+        float,
+        "SQLite: milliseconds a read may run on the event loop before it moves to a read thread",
+    ),
+    (
         "--sqlite-busy-timeout",
         "sqlite_busy_timeout",
         float,

@@ -14,6 +14,9 @@ class Settings:
     # Threads running read transactions, each with its own connection (writes have one thread
     # and one connection of their own).
     read_threads: int = 4
+    # SQLite: milliseconds a read may run on the event loop before it moves to a read thread
+    # (0: every read goes to a read thread).
+    loop_read_budget: float = 2.0
     # SQLite: how long a writer waits for another process's write lock, in seconds.
     sqlite_busy_timeout: float = 5.0
     # SQLite: NORMAL (WAL: durable against process crashes, may lose the last commits on power

@@ -12,7 +12,7 @@ from sqlalchemy import Row
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
-from resinkit_grpc.store.tasks import LARGE_COLUMNS, etag_of
+from resinkit_grpc.store.tasks import LARGE_COLUMNS, TaskRecord, etag_of
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Stored status name -> enum number, and back.
@@ -32,10 +32,9 @@ class UnstorableJSON(ValueError):
     the message says what, for the caller."""
 
 
-def task_to_proto(row: Row[Any]) -> pb.Task:
-    """A stored task as a message; a BASIC row (without the large JSON columns) gives a BASIC
-    message."""
-    values = row._asdict()  # a plain dict: a missing key is cheap, unlike on Row._mapping
+def task_to_proto(values: TaskRecord) -> pb.Task:
+    """A stored task as a message; a BASIC record (without the large JSON columns) gives a
+    BASIC message."""
     task = pb.Task(
         status=STATUS_TO_PROTO[values["status"]],
         priority=values["priority"],

@@ -35,7 +35,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
     @translate_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
         full = request.view != pb.TASK_VIEW_BASIC
-        row = await self._db.read_bounded(tasks.get_task, parse.task_id(request.task_id), full=full)
+        row = await self._db.read(tasks.get_task, parse.task_id(request.task_id), full=full)
         return task_to_proto(row)
 
     @translate_errors
@@ -56,7 +56,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         )
         if len(rows) > page.page_size:
             last = rows[page.page_size - 1]
-            position = parse.task_position(getattr(last, page.order.field), last.task_id)
+            position = parse.task_position(last[page.order.field], last["task_id"])
             response.next_page_token = self._tokens.encode(page.fingerprint, position)
         return response
 

@@ -2,8 +2,9 @@
 
 Writes go to one GroupWriter thread (SQLite has one writer anyway; a single writer per process
 also means this process never contends with itself for the lock), which commits whatever has
-queued up together. Reads run on a small pool beside it; WAL lets them proceed while the writer
-works.
+queued up together. Reads run on a small pool of read threads beside it (WAL lets them proceed
+while the writer works); on SQLite a read first tries the event loop itself, under a time
+budget (see LoopReader).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import StorageUnavailable
 from resinkit_grpc.store import events
 from resinkit_grpc.store.engine import create_engines
+from resinkit_grpc.store.loop_reader import LoopReader, OverBudget
 from resinkit_grpc.store.writer import GroupWriter
 
 P = ParamSpec("P")
@@ -43,7 +45,9 @@ class Database:
         self._readers = ThreadPoolExecutor(
             settings.read_threads, thread_name_prefix="resinkit-read"
         )
-        self._inline: Connection | None = None  # read_bounded()'s, used on the event loop only
+        self._loop_reader = None
+        if self.dialect == "sqlite" and settings.loop_read_budget > 0:
+            self._loop_reader = LoopReader(self.reader_engine, settings.loop_read_budget / 1000)
         self._commit_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
 
     @property
@@ -69,31 +73,19 @@ class Database:
         return result
 
     async def read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Runs `operation(connection, ...)` in one read transaction (a consistent snapshot)."""
+        """Runs `operation(connection, ...)` and returns its result. On SQLite it runs on the
+        event loop first, under a budget (see LoopReader); otherwise, or when it needs more
+        than the budget, in one read transaction on a read thread."""
+        if self._loop_reader is not None:
+            try:
+                result: T = self._loop_reader.run(lambda c: operation(c, *args, **kwargs))
+                return result
+            except OverBudget:
+                log.debug("read %s moved to a read thread", getattr(operation, "__name__", "?"))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._readers, lambda: self.run_read(operation, *args, **kwargs)
         )
-
-    async def read_bounded(
-        self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Like read(), for an operation whose cost is small and bounded (a primary-key
-        lookup). On SQLite it runs right here on the event loop: a hop to a thread and back
-        costs more than the lookup, in CPU and in the GIL hand-offs between the two threads.
-        Its connection never waits for a lock; in the rare case SQLite is busy, the read goes
-        to the read threads after all."""
-        if self.dialect != "sqlite":
-            return await self.read(operation, *args, **kwargs)
-        if self._inline is None:
-            self._inline = self.reader_engine.connect()
-            self._inline.exec_driver_sql("PRAGMA busy_timeout = 0")
-            self._inline.commit()
-        try:
-            with self._inline.begin():
-                return operation(self._inline, *args, **kwargs)
-        except OperationalError:
-            return await self.read(operation, *args, **kwargs)
 
     def run_read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(self.reader_engine, operation, *args, **kwargs)
@@ -113,8 +105,8 @@ class Database:
             raise
 
     def close(self) -> None:
-        if self._inline is not None:
-            self._inline.close()
+        if self._loop_reader is not None:
+            self._loop_reader.close()
         self._writer.close()
         self._readers.shutdown(wait=True)
         self.writer_engine.dispose()

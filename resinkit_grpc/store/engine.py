@@ -51,6 +51,8 @@ def create_engines(settings: Settings) -> tuple[Engine, Engine]:
 
 
 UNICODE_LOWER = "unicode_lower"
+# Set in a connection's info: its statements run without BEGIN, each one atomic on its own.
+AUTOCOMMIT = "resinkit_autocommit"
 
 
 def _unicode_lower(value: object) -> object:
@@ -90,7 +92,8 @@ def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+        if not connection.info.get(AUTOCOMMIT):
+            connection.exec_driver_sql(begin)
 
     return engine
 

@@ -13,7 +13,6 @@ from typing import Any, cast
 from sqlalchemy import (
     Boolean,
     Connection,
-    Row,
     Table,
     and_,
     bindparam,
@@ -79,11 +78,15 @@ SELECT_FOR_UPDATE = SELECT_FULL.with_for_update()
 SELECT_BY_REQUEST_ID = select(*FULL_COLUMNS).where(tasks.c.request_id == bindparam("request_id"))
 # Waits for a concurrent insert of the same key to commit, then does nothing.
 INSERT = {
-    "sqlite": sqlite.insert(tasks).on_conflict_do_nothing().returning(*FULL_COLUMNS),
-    "postgresql": postgresql.insert(tasks).on_conflict_do_nothing().returning(*FULL_COLUMNS),
+    "sqlite": sqlite.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id),
+    "postgresql": postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id),
 }
-# The SET columns are the parameters given besides key_task_id.
-UPDATE = sql_update(tasks).where(_BY_ID).returning(*FULL_COLUMNS)
+# The SET columns are the parameters given besides key_task_id. No RETURNING: the writer knows
+# every value it wrote, and reading them back cost more than the write.
+UPDATE = sql_update(tasks).where(_BY_ID)
+
+# A task as stored: column name -> value (BASIC reads leave LARGE_COLUMNS out).
+TaskRecord = dict[str, Any]
 
 
 def etag_of(version: int) -> str:
@@ -139,7 +142,7 @@ class StatusChange:
     etag: str | None = None
 
 
-def create_task(connection: Connection, new: NewTask) -> Row[Any]:
+def create_task(connection: Connection, new: NewTask) -> TaskRecord:
     """Inserts the task and its CREATED event. A request_id already used returns the task it
     created; concurrent duplicates (from any replica) are settled by the unique constraints."""
     if new.request_id is not None:
@@ -150,30 +153,33 @@ def create_task(connection: Connection, new: NewTask) -> Row[Any]:
     expires_at = new.expires_at
     if new.timeout_seconds is not None:
         expires_at = now + timedelta(seconds=new.timeout_seconds)
-    row = connection.execute(
-        INSERT[connection.dialect.name],
-        {
-            "task_id": new.task_id,
-            "task_type": new.task_type,
-            "task_name": new.task_name,
-            "description": new.description,
-            "status": TaskStatus.PENDING.value,
-            "priority": new.priority,
-            "created_at": now,
-            "updated_at": now,
-            "expires_at": expires_at,
-            "submitted_configs": dict(new.submitted_configs or {}),
-            "notification_config": _copy(new.notification_config),
-            "execution_details": _copy(new.execution_details),
-            "progress_details": _copy(new.progress_details),
-            "created_by": new.created_by,
-            "tags": list(new.tags) if new.tags else None,
-            "active": True,
-            "request_id": new.request_id,
-            "version": 1,
-        },
-    ).first()
-    if row is None:
+    record: TaskRecord = {
+        "task_id": new.task_id,
+        "task_type": new.task_type,
+        "task_name": new.task_name,
+        "description": new.description,
+        "status": TaskStatus.PENDING.value,
+        "priority": new.priority,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": expires_at,
+        "submitted_configs": dict(new.submitted_configs or {}),
+        "notification_config": _copy(new.notification_config),
+        "execution_details": _copy(new.execution_details),
+        "progress_details": _copy(new.progress_details),
+        "created_by": new.created_by,
+        "tags": list(new.tags) if new.tags else None,
+        "active": True,
+        "request_id": new.request_id,
+        "version": 1,
+        "started_at": None,
+        "finished_at": None,
+        "error_info": None,
+        "result_summary": None,
+    }
+    # RETURNING the key only tells whether the row went in (rowcount is not reliable here).
+    inserted = connection.execute(INSERT[connection.dialect.name], record).first()
+    if inserted is None:
         first = None if new.request_id is None else _by_request_id(connection, new.request_id)
         if first is not None:
             return first
@@ -186,20 +192,21 @@ def create_task(connection: Connection, new: NewTask) -> Row[Any]:
         new_status=TaskStatus.PENDING,
         actor=new.created_by,
     )
-    return row
+    return record
 
 
-def _by_request_id(connection: Connection, request_id: str) -> Row[Any] | None:
-    return connection.execute(SELECT_BY_REQUEST_ID, {"request_id": request_id}).first()
+def _by_request_id(connection: Connection, request_id: str) -> TaskRecord | None:
+    row = connection.execute(SELECT_BY_REQUEST_ID, {"request_id": request_id}).first()
+    return None if row is None else row._asdict()
 
 
-def get_task(connection: Connection, task_id: str, *, full: bool = True) -> Row[Any]:
+def get_task(connection: Connection, task_id: str, *, full: bool = True) -> TaskRecord:
     row = connection.execute(
         SELECT_FULL if full else SELECT_BASIC, {"key_task_id": task_id}
     ).first()
     if row is None:
         raise TaskNotFound(task_id)
-    return row
+    return row._asdict()
 
 
 def list_tasks(
@@ -210,7 +217,7 @@ def list_tasks(
     after: tuple[Any, str] | None,
     limit: int,
     full: bool,
-) -> list[Row[Any]]:
+) -> list[TaskRecord]:
     """One keyset page: rows strictly after `after` (sort value, task_id) in the sort order."""
     shape = _ListShape(
         dialect=connection.dialect.name,
@@ -242,39 +249,39 @@ def list_tasks(
         params["name_pattern"] = f"%{_like_escape(query.name_contains.lower())}%"
     if after is not None:
         params["after_value"], params["after_task_id"] = after
-    return list(connection.execute(_list_statement(shape), params))
+    return [row._asdict() for row in connection.execute(_list_statement(shape), params)]
 
 
 def update_task(
     connection: Connection, task_id: str, changes: Mapping[str, Any], etag: str | None
-) -> Row[Any]:
+) -> TaskRecord:
     """Applies `changes` (mutable fields only); a change that changes nothing writes nothing."""
     current = _current(connection, task_id, etag)
     _require_active(current, "update")
-    changed = [name for name, value in changes.items() if getattr(current, name) != value]
+    changed = [name for name, value in changes.items() if current[name] != value]
     if not changed:
         return current
     now = utcnow()
-    row = _update(connection, current, now, {name: changes[name] for name in changed})
+    record = _update(connection, current, now, {name: changes[name] for name in changed})
     append_event(connection, task_id, EventType.UPDATED, now, event_data={"fields": changed})
-    return row
+    return record
 
 
-def update_task_status(connection: Connection, change: StatusChange) -> Row[Any]:
+def update_task_status(connection: Connection, change: StatusChange) -> TaskRecord:
     current = _current(connection, change.task_id, change.etag)
     _require_active(current, "change the status of")
-    previous = TaskStatus(current.status)
+    previous = TaskStatus(current["status"])
     if not can_transition(previous, change.status):
         raise InvalidTransition(change.task_id, previous, change.status, allowed_next(previous))
     now = utcnow()
     values: dict[str, Any] = {"status": change.status.value}
-    if change.status is TaskStatus.RUNNING and current.started_at is None:
+    if change.status is TaskStatus.RUNNING and current["started_at"] is None:
         values["started_at"] = now
     if change.status.is_terminal:
         values["finished_at"] = now
     details = {name: dict(value) for name, value in change.details.items()}
     values.update(details)
-    row = _update(connection, current, now, values)
+    record = _update(connection, current, now, values)
     append_event(
         connection,
         change.task_id,
@@ -285,29 +292,29 @@ def update_task_status(connection: Connection, change: StatusChange) -> Row[Any]
         new_status=change.status,
         actor=change.actor,
     )
-    return row
+    return record
 
 
-def delete_task(connection: Connection, task_id: str, etag: str | None) -> Row[Any]:
+def delete_task(connection: Connection, task_id: str, etag: str | None) -> TaskRecord:
     current = _current(connection, task_id, etag)
-    if not current.active:
+    if not current["active"]:
         raise TaskStateConflict(
             task_id, "TASK_ALREADY_DELETED", f"task {task_id!r} is already deleted"
         )
     now = utcnow()
-    row = _update(connection, current, now, {"active": False})
+    record = _update(connection, current, now, {"active": False})
     append_event(connection, task_id, EventType.DELETED, now)
-    return row
+    return record
 
 
-def undelete_task(connection: Connection, task_id: str) -> Row[Any]:
+def undelete_task(connection: Connection, task_id: str) -> TaskRecord:
     current = _current(connection, task_id, None)
-    if current.active:
+    if current["active"]:
         raise TaskStateConflict(task_id, "TASK_NOT_DELETED", f"task {task_id!r} is not deleted")
     now = utcnow()
-    row = _update(connection, current, now, {"active": True})
+    record = _update(connection, current, now, {"active": True})
     append_event(connection, task_id, EventType.UNDELETED, now)
-    return row
+    return record
 
 
 def load_or_create_secret(connection: Connection, name: str) -> str:
@@ -322,7 +329,7 @@ def load_or_create_secret(connection: Connection, name: str) -> str:
     return str(connection.execute(select(table.c.value).where(table.c.name == name)).scalar_one())
 
 
-def _current(connection: Connection, task_id: str, etag: str | None) -> Row[Any]:
+def _current(connection: Connection, task_id: str, etag: str | None) -> TaskRecord:
     # FOR UPDATE: concurrent changes of one task (from any replica) apply one after the other.
     statement = SELECT_FOR_UPDATE if connection.dialect.name == "postgresql" else SELECT_FULL
     row = connection.execute(statement, {"key_task_id": task_id}).first()
@@ -330,30 +337,26 @@ def _current(connection: Connection, task_id: str, etag: str | None) -> Row[Any]
         raise TaskNotFound(task_id)
     if etag and etag != etag_of(row.version):
         raise EtagMismatch(task_id, etag)
-    return row
+    return row._asdict()
 
 
-def _require_active(row: Row[Any], action: str) -> None:
-    if not row.active:
+def _require_active(record: TaskRecord, action: str) -> None:
+    if not record["active"]:
+        task_id = record["task_id"]
         raise TaskStateConflict(
-            row.task_id,
+            task_id,
             "TASK_DELETED",
-            f"cannot {action} task {row.task_id!r}: it is deleted (UndeleteTask restores it)",
+            f"cannot {action} task {task_id!r}: it is deleted (UndeleteTask restores it)",
         )
 
 
 def _update(
-    connection: Connection, current: Row[Any], now: datetime, values: Mapping[str, Any]
-) -> Row[Any]:
-    return connection.execute(
-        UPDATE,
-        {
-            **values,
-            "updated_at": now,
-            "version": current.version + 1,
-            "key_task_id": current.task_id,
-        },
-    ).one()
+    connection: Connection, current: TaskRecord, now: datetime, values: Mapping[str, Any]
+) -> TaskRecord:
+    """Writes `values` and returns the task as it now stands."""
+    changes = {**values, "updated_at": now, "version": current["version"] + 1}
+    connection.execute(UPDATE, {**changes, "key_task_id": current["task_id"]})
+    return {**current, **changes}
 
 
 @dataclass(frozen=True)
