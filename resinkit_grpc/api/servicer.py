@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from resinkit_grpc.api import parse
-from resinkit_grpc.api.convert import event_to_proto, task_to_proto
+from resinkit_grpc.api.convert import event_to_proto, fill_task, task_to_proto
 from resinkit_grpc.api.page_tokens import PageTokens
 from resinkit_grpc.api.status import translate_errors, translate_stream_errors
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
@@ -51,9 +51,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
             limit=page.page_size + 1,
             full=page.full,
         )
-        response = pb.ListTasksResponse(
-            tasks=[task_to_proto(row) for row in rows[: page.page_size]]
-        )
+        response = pb.ListTasksResponse()
+        for row in rows[: page.page_size]:
+            fill_task(response.tasks.add(), row)
         if len(rows) > page.page_size:
             last = rows[page.page_size - 1]
             position = parse.task_position(last[page.order.field], last["task_id"])

@@ -38,6 +38,17 @@ class JSONString(TypeDecorator[Any]):
             return value
         return json.loads(value)
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        # One function per value instead of TypeDecorator's chain: pages run it per column.
+        loads = json.loads
+
+        def process(value: str | None) -> Any:
+            return None if value is None else loads(value)
+
+        return process
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every backend.
@@ -63,3 +74,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        # SQLite hands back the text SQLAlchemy stored ("YYYY-MM-DD HH:MM:SS.ffffff", UTC):
+        # parsed in one step instead of TypeDecorator's chain, as pages run it per column.
+        parse = datetime.fromisoformat
+
+        def process(value: str | None) -> datetime | None:
+            if value is None:
+                return None
+            moment = parse(value)
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+        return process
