@@ -249,7 +249,9 @@ def list_tasks(
         params["name_pattern"] = f"%{_like_escape(query.name_contains.lower())}%"
     if after is not None:
         params["after_value"], params["after_task_id"] = after
-    return [row._asdict() for row in connection.execute(_list_statement(shape), params)]
+    result = connection.execute(_list_statement(shape), params)
+    keys = tuple(result.keys())  # once per page: Row._asdict() works them out on every row
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def update_task(
