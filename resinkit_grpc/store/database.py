@@ -1,4 +1,5 @@
-"""The only owner of connections: runs store operations in transactions off the event loop.
+"""The only owner of connections: runs store operations in transactions, without stalling the
+event loop.
 
 Writes go to one GroupWriter thread (SQLite has one writer anyway; a single writer per process
 also means this process never contends with itself for the lock), which commits whatever has
