@@ -409,3 +409,44 @@ def _collect(problems: Violations, parse: Callable[[], T]) -> T | None:
     except InvalidArgument as exc:
         problems.items.extend(exc.violations)
         return None
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    task_ids: frozenset[str]
+    task_types: frozenset[str]
+    event_types: frozenset[str]
+    after_event_id: int | None
+    # The one task whose terminal event ends the stream, when until_terminal is set.
+    until_terminal: str | None
+
+
+def watch(request: pb.WatchTaskEventsRequest) -> WatchRequest:
+    problems = Violations()
+    for index, value in enumerate(request.task_ids):
+        if not value or not TASK_ID_PATTERN.fullmatch(value):
+            problems.add(f"task_ids[{index}]", "is not a valid task_id")
+    problems.check(
+        len(request.task_ids) <= MAX_WATCHED_TASKS,
+        "task_ids",
+        f"at most {MAX_WATCHED_TASKS} tasks per watch",
+    )
+    problems.check(all(request.task_types), "task_types", "must not contain empty strings")
+    problems.texts(request.task_types, "task_types", MAX_SHORT_TEXT, MAX_FILTER_VALUES)
+    types = _collect(problems, lambda: event_types(request.event_types)) or ()
+    after = request.after_event_id if request.HasField("after_event_id") else None
+    problems.check(after is None or after >= 0, "after_event_id", "must not be negative")
+    until = None
+    if request.until_terminal:
+        if len(set(request.task_ids)) != 1:
+            problems.add("until_terminal", "needs exactly one task_ids entry")
+        else:
+            until = request.task_ids[0]
+    problems.raise_if_any()
+    return WatchRequest(
+        frozenset(request.task_ids),
+        frozenset(request.task_types),
+        frozenset(types),
+        after,
+        until,
+    )

@@ -13,9 +13,8 @@ from google.rpc import code_pb2, error_details_pb2
 
 from resinkit_grpc.api import parse
 from resinkit_grpc.api.convert import event_to_proto
-from resinkit_grpc.api.status import DOMAIN, abort, pack_status, to_status
+from resinkit_grpc.api.status import DOMAIN, abort, pack_status
 from resinkit_grpc.config import Settings
-from resinkit_grpc.errors import InvalidArgument
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
 from resinkit_grpc.store import events
@@ -58,11 +57,9 @@ class Watches:
     ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
         """The stream for one request. One flat generator on purpose: with a thousand streams,
         every layer of `async for` between the tail and gRPC costs on every message."""
-        try:
-            event_filter, after, until = _parse(request)
-        except InvalidArgument as error:
-            await abort(context, to_status(error))
-            return
+        wanted = parse.watch(request)  # InvalidArgument: the servicer answers
+        event_filter = EventFilter(wanted.task_ids, wanted.task_types, wanted.event_types)
+        after, until = wanted.after_event_id, wanted.until_terminal
         if self._closing:
             await abort(context, _shutting_down(after))
         if self._active >= self._settings.max_watchers:
@@ -145,41 +142,6 @@ class Watches:
             if subscription is not None:
                 self.tail.unsubscribe(subscription)
                 self._live.discard(subscription)
-
-
-def _parse(request: pb.WatchTaskEventsRequest) -> tuple[EventFilter, int | None, str | None]:
-    problems = parse.Violations()
-    task_ids = []
-    for index, value in enumerate(request.task_ids):
-        try:
-            task_ids.append(parse.task_id(value, f"task_ids[{index}]"))
-        except InvalidArgument as error:
-            problems.items.extend(error.violations)
-    problems.check(all(request.task_types), "task_types", "must not contain empty strings")
-    problems.texts(request.task_types, "task_types", parse.MAX_SHORT_TEXT, parse.MAX_FILTER_VALUES)
-    problems.check(
-        len(request.task_ids) <= parse.MAX_WATCHED_TASKS,
-        "task_ids",
-        f"at most {parse.MAX_WATCHED_TASKS} tasks per watch",
-    )
-    try:
-        event_types = parse.event_types(request.event_types)
-    except InvalidArgument as error:
-        problems.items.extend(error.violations)
-        event_types = ()
-    after = request.after_event_id if request.HasField("after_event_id") else None
-    problems.check(after is None or after >= 0, "after_event_id", "must not be negative")
-    until = None
-    if request.until_terminal:
-        if len(set(request.task_ids)) != 1:
-            problems.add("until_terminal", "needs exactly one task_ids entry")
-        else:
-            until = request.task_ids[0]
-    problems.raise_if_any()
-    event_filter = EventFilter(
-        frozenset(task_ids), frozenset(request.task_types), frozenset(event_types)
-    )
-    return event_filter, after, until
 
 
 def _heartbeat(position: int) -> pb.WatchTaskEventsResponse:
