@@ -95,6 +95,11 @@ class GroupWriter:
             for job in batch:
                 _settle(job, error)
             return
+        except BaseException:
+            # Whatever kills this thread must not leave callers waiting forever.
+            for job in batch:
+                _settle(job, StorageUnavailable("the writer stopped; retry later"))
+            raise
         self._on_commit()
         for job, outcome in zip(batch, outcomes, strict=True):
             _settle(job, outcome)
