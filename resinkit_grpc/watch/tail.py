@@ -97,9 +97,6 @@ class EventTail:
                 if not watchers:
                     del self._by_task[task_id]
 
-    def subscriptions(self) -> set[Subscription]:
-        return self._everyone.union(*self._by_task.values())
-
     async def _run(self) -> None:
         while not self._stopping.is_set():
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
@@ -135,7 +132,8 @@ class EventTail:
         for subscription in targets:
             if not subscription.offer(batch, batch_end):
                 self.unsubscribe(subscription)
-        self.position = batch_end
+        # Never backwards: subscribe() may have moved it past this batch while it was read.
+        self.position = max(self.position, batch_end)
 
     def _poll_data_version(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wakes the tail when any connection, in any process, commits to the SQLite file."""
