@@ -59,6 +59,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         return dict(
             duration=0.5,
+            rounds=1,
             warmup=0.2,
             clients=1,
             concurrency=4,
@@ -70,8 +71,9 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.quick:
         return dict(
-            duration=3.0,
-            warmup=1.0,
+            duration=4.0,
+            rounds=4,
+            warmup=0.3,
             clients=2,
             concurrency=16,
             watchers=(1, 100, 1000),
@@ -82,7 +84,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         )
     return dict(
         duration=10.0,
-        warmup=2.0,
+        rounds=5,
+        warmup=0.5,
         clients=2,
         concurrency=16,
         watchers=(1, 100, 1000),
@@ -129,6 +132,7 @@ def main() -> None:
                         concurrency=settings["concurrency"],
                         warmup=settings["warmup"],
                         duration=settings["duration"],
+                        rounds=settings["rounds"],
                     )
                     report["unary"] = [asdict(r) for r in results]
                 if "watch" in phases:
@@ -179,18 +183,20 @@ def durability(workdir: Path, settings: dict[str, Any]) -> dict[str, float]:
                 "WARNING",
             ).start()
             try:
-                figures, _ = unary.measure(
+                tally = unary.Tally()
+                unary.measure(
                     pool,
                     server.address,
                     server.process.pid,  # type: ignore[union-attr]
                     "CreateTask",
+                    tally,
                     clients=settings["clients"],
                     concurrency=settings["concurrency"],
                     warmup=settings["warmup"],
                     duration=settings["duration"],
                     task_ids=[],
                 )
-                rates[level] = figures.per_second
+                rates[level] = tally.figures("CreateTask").per_second
             finally:
                 server.stop()
     return {

@@ -135,59 +135,94 @@ def _walks(task_ids: list[str], stub: Any) -> Iterator[Callable[[], Awaitable[An
             yield lambda request=request: stub.UpdateTaskStatus(request)
 
 
+@dataclass
+class Tally:
+    """One method's calls over every round it ran."""
+
+    seconds: float = 0.0
+    calls: int = 0
+    total_calls: int = 0
+    cpu_seconds: float = 0.0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def figures(self, method: str) -> MethodResult:
+        latencies = sorted(self.latencies_ms)
+        return MethodResult(
+            method=method,
+            per_second=self.calls / self.seconds if self.seconds else float("nan"),
+            p50_ms=statistics.median(latencies) if latencies else float("nan"),
+            p99_ms=latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+            cpu_us_per_call=(
+                self.cpu_seconds / self.total_calls * 1e6 if self.total_calls else float("nan")
+            ),
+            errors=self.errors,
+        )
+
+
 def measure(
     pool: Any,
     address: str,
     server_pid: int,
     method: str,
+    tally: Tally,
     *,
     clients: int,
     concurrency: int,
     warmup: float,
     duration: float,
     task_ids: list[str],
-) -> tuple[MethodResult, list[str]]:
-    """Runs `clients` client processes against one method; returns its figures and, for
-    CreateTask, the ids created."""
+) -> list[str]:
+    """Runs `clients` client processes against one method for one round, adds what they saw to
+    `tally`, and returns the ids created (CreateTask)."""
     shares = [task_ids[i::clients] for i in range(clients)] if task_ids else [[]] * clients
     jobs = [ClientJob(address, method, warmup, duration, concurrency, share) for share in shares]
     cpu_before = cpu_seconds(server_pid)
     results: list[ClientResult] = pool.map(run_client, jobs)
-    cpu_used = cpu_seconds(server_pid) - cpu_before
-    latencies = sorted(itertools.chain.from_iterable(r.latencies_ms for r in results))
-    calls = sum(r.calls for r in results)
-    total = sum(r.total_calls for r in results)
-    figures = MethodResult(
-        method=method,
-        per_second=calls / duration,
-        p50_ms=statistics.median(latencies) if latencies else float("nan"),
-        p99_ms=latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
-        cpu_us_per_call=cpu_used / total * 1e6 if total else float("nan"),
-        errors=sum(r.errors for r in results),
-    )
-    return figures, [task_id for r in results for task_id in r.created]
+    tally.cpu_seconds += cpu_seconds(server_pid) - cpu_before
+    tally.seconds += duration
+    for result in results:
+        tally.calls += result.calls
+        tally.total_calls += result.total_calls
+        tally.errors += result.errors
+        tally.latencies_ms.extend(result.latencies_ms)
+    return [task_id for r in results for task_id in r.created]
 
 
 def run(
-    address: str, server_pid: int, *, clients: int, concurrency: int, warmup: float, duration: float
+    address: str,
+    server_pid: int,
+    *,
+    clients: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    rounds: int,
 ) -> list[MethodResult]:
+    """Every method, `rounds` times in turn for duration/rounds seconds each: the empty RPC
+    and the methods meet the same moments of a noisy machine, so their ratios hold."""
+    tallies = {method: Tally() for method in METHODS}
+    created: list[str] = []  # every task created so far (GetTask reads them)
+    fresh: list[str] = []  # created and not yet walked through its statuses
     context = multiprocessing.get_context("spawn")
     with context.Pool(clients) as pool:
-        results = []
-        created: list[str] = []
-        for method in METHODS:
-            ids = created if method in ("GetTask", "UpdateTaskStatus") else []
-            figures, made = measure(
-                pool,
-                address,
-                server_pid,
-                method,
-                clients=clients,
-                concurrency=concurrency,
-                warmup=warmup,
-                duration=duration,
-                task_ids=ids,
-            )
-            created.extend(made)
-            results.append(figures)
-    return results
+        for _ in range(rounds):
+            for method in METHODS:
+                ids = {"GetTask": created, "UpdateTaskStatus": fresh}.get(method, [])
+                made = measure(
+                    pool,
+                    address,
+                    server_pid,
+                    method,
+                    tallies[method],
+                    clients=clients,
+                    concurrency=concurrency,
+                    warmup=warmup,
+                    duration=duration / rounds,
+                    task_ids=list(ids),
+                )
+                if method == "UpdateTaskStatus":
+                    fresh = []  # walked (or partly walked): never offered again
+                created.extend(made)
+                fresh.extend(made)
+    return [tallies[method].figures(method) for method in METHODS]
