@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,9 +119,3 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "list_value":
         return [_value(item) for item in value.list_value.values]
     return None
-
-
-def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(value)
-    return message
