@@ -76,11 +76,11 @@ SELECT_FULL = select(*FULL_COLUMNS).where(_BY_ID)
 SELECT_BASIC = select(*BASIC_COLUMNS).where(_BY_ID)
 SELECT_FOR_UPDATE = SELECT_FULL.with_for_update()
 SELECT_BY_REQUEST_ID = select(*FULL_COLUMNS).where(tasks.c.request_id == bindparam("request_id"))
-# Waits for a concurrent insert of the same key to commit, then does nothing.
-INSERT = {
-    "sqlite": sqlite.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id),
-    "postgresql": postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id),
-}
+# Waits for a concurrent insert of the same key to commit, then does nothing. Whether the row
+# went in: pysqlite's rowcount says so; psycopg's reaches SQLAlchemy as -1, so RETURNING it is
+# there (on SQLite it would cost the writer two more trips for the GIL: see writer.py).
+INSERT_SQLITE = sqlite.insert(tasks).on_conflict_do_nothing()
+INSERT_POSTGRESQL = postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id)
 # The SET columns are the parameters given besides key_task_id. No RETURNING: the writer knows
 # every value it wrote, and reading them back cost more than the write.
 UPDATE = sql_update(tasks).where(_BY_ID)
@@ -177,9 +177,11 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
         "error_info": None,
         "result_summary": None,
     }
-    # RETURNING the key only tells whether the row went in (rowcount is not reliable here).
-    inserted = connection.execute(INSERT[connection.dialect.name], record).first()
-    if inserted is None:
+    if connection.dialect.name == "sqlite":
+        inserted = connection.execute(INSERT_SQLITE, record).rowcount == 1
+    else:
+        inserted = connection.execute(INSERT_POSTGRESQL, record).first() is not None
+    if not inserted:
         first = None if new.request_id is None else _by_request_id(connection, new.request_id)
         if first is not None:
             return first
