@@ -218,18 +218,28 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
 
     if "unary" in report:
         rows = report["unary"]
-        base = next(r for r in rows if r["method"] == "Health/Check")["per_second"]
+        empty = next(r for r in rows if r["method"] == "Health/Check")
         print(
-            f"\n{'method':<18}{'calls/s':>10}{'ratio':>8}{'p50 ms':>9}{'p99 ms':>9}"
+            f"\n{'method':<18}{'calls/s':>10}{'ratio':>8}{'rounds':>12}{'p50 ms':>9}{'p99 ms':>9}"
             f"{'CPU µs/call':>13}{'errors':>8}  target"
         )
         for r in rows:
-            ratio = r["per_second"] / base
+            ratio = r["per_second"] / empty["per_second"]
+            # Each round's ratio against the empty RPC of the same round: how far the machine's
+            # noise moved the figure within this run.
+            by_round = [
+                rate / base
+                for rate, base in zip(r["round_rates"], empty["round_rates"], strict=True)
+                if base
+            ]
+            r["round_ratios"] = by_round
+            spread = f"{min(by_round):.2f}-{max(by_round):.2f}" if by_round else "-"
             target = UNARY_TARGETS.get(r["method"])
             verdict = check(f"{r['method']} / empty RPC", ratio, target, True) if target else ""
             print(
-                f"{r['method']:<18}{r['per_second']:>10.0f}{ratio:>8.2f}{r['p50_ms']:>9.2f}"
-                f"{r['p99_ms']:>9.2f}{r['cpu_us_per_call']:>13.0f}{r['errors']:>8}  {verdict}"
+                f"{r['method']:<18}{r['per_second']:>10.0f}{ratio:>8.2f}{spread:>12}"
+                f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_us_per_call']:>13.0f}"
+                f"{r['errors']:>8}  {verdict}"
             )
     if "watch" in report:
         print(

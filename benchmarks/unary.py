@@ -60,6 +60,7 @@ class MethodResult:
     p99_ms: float
     cpu_us_per_call: float
     errors: int
+    round_rates: list[float]  # calls/s in each round, in order
 
 
 def run_client(job: ClientJob) -> ClientResult:
@@ -145,6 +146,7 @@ class Tally:
     cpu_seconds: float = 0.0
     errors: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    round_rates: list[float] = field(default_factory=list)
 
     def figures(self, method: str) -> MethodResult:
         latencies = sorted(self.latencies_ms)
@@ -157,6 +159,7 @@ class Tally:
                 self.cpu_seconds / self.total_calls * 1e6 if self.total_calls else float("nan")
             ),
             errors=self.errors,
+            round_rates=self.round_rates,
         )
 
 
@@ -181,6 +184,7 @@ def measure(
     results: list[ClientResult] = pool.map(run_client, jobs)
     tally.cpu_seconds += cpu_seconds(server_pid) - cpu_before
     tally.seconds += duration
+    tally.round_rates.append(sum(result.calls for result in results) / duration)
     for result in results:
         tally.calls += result.calls
         tally.total_calls += result.total_calls
