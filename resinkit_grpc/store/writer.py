@@ -120,10 +120,10 @@ class GroupWriter:
     def _run_straight(
         self, connection: Connection, runs: Sequence[Callable[[Connection], Any]]
     ) -> list[Any] | None:
-        """The operations one after another, then one commit: the common case, at two
-        statements per operation instead of five. When one fails, nothing commits; a lone
+        """The operations one after another, then one commit: the common case, three statements
+        per operation fewer than with savepoints. When one fails, nothing commits; a lone
         operation's error is then its outcome, and a batch returns None, to run again isolated
-        (a savepoint costs three statements, and few batches hold a failing operation)."""
+        (few batches hold a failing operation)."""
         with self._begin(connection) as transaction:
             try:
                 return [run(connection) for run in runs]
