@@ -1,21 +1,25 @@
-"""The group writer on a real database: operations queued together commit together, and one that
-fails (after writing) is undone alone while its neighbours commit."""
+"""The group writer on a real database: operations queued together commit together, one that
+fails (after writing) is undone alone while its neighbours commit, and nothing is reported
+committed that did not commit."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection, func, select
+from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.config import Settings
-from resinkit_grpc.errors import TaskAlreadyExists, TaskNotFound
+from resinkit_grpc.errors import StorageUnavailable, TaskAlreadyExists, TaskNotFound
 from resinkit_grpc.store import migrations, tasks
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.events import events as events_table
+from resinkit_grpc.store.writer import TransactionAborted
 
 
 @pytest.fixture
@@ -93,3 +97,72 @@ def test_a_lone_failing_operation_leaves_nothing_behind(database: Database) -> N
             tasks.get_task(connection, "alone")
         assert events_of(connection, "alone") == 0
         assert events_of(connection, "next") == 1
+
+
+def swallow_a_database_error(connection: Connection, task_id: str) -> str:
+    """Writes a task, then breaks the transaction under itself and carries on as if nothing had
+    happened: PostgreSQL aborts the transaction at the error; on SQLite, the ROLLBACK stands for
+    one SQLite performs by itself (after a full disk, for one)."""
+    tasks.create_task(connection, new_task(task_id))
+    if connection.dialect.name == "postgresql":
+        with contextlib.suppress(DBAPIError):
+            connection.exec_driver_sql("SELECT 1/0")
+    else:
+        raw = connection.connection.dbapi_connection
+        assert raw is not None
+        raw.execute("ROLLBACK")
+    return "carried on"
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "in a batch"])
+def test_a_transaction_broken_under_an_operation_is_never_reported_committed(
+    database: Database, batched: bool
+) -> None:
+    async def scenario() -> list[Any]:
+        release, holding = await held_batch(database)
+        writes: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(database.write(swallow_a_database_error, "broken"))
+        ]
+        if batched:
+            writes.append(asyncio.ensure_future(database.write(tasks.create_task, new_task("n"))))
+        await asyncio.sleep(0.05)
+        release.set()
+        await holding
+        return list(await asyncio.gather(*writes, return_exceptions=True))
+
+    outcomes = asyncio.run(scenario())
+    assert isinstance(outcomes[0], TransactionAborted | StorageUnavailable), outcomes
+    # A neighbour commits where the transaction can be saved (PostgreSQL rolls back to the broken
+    # operation's savepoint) and fails with it where it cannot (SQLite's transaction is gone):
+    # either way, what is reported committed is there, and nothing else.
+    with database.reader_engine.connect() as connection:
+        for task_id, outcome in zip(("broken", "n"), outcomes, strict=False):
+            if isinstance(outcome, Exception):
+                with pytest.raises(TaskNotFound):
+                    tasks.get_task(connection, task_id)
+            else:
+                assert tasks.get_task(connection, task_id)["task_id"] == task_id
+    created = asyncio.run(database.write(tasks.create_task, new_task("afterwards")))
+    assert created["task_id"] == "afterwards", "the writer did not recover"
+
+
+def stop_iteration(connection: Connection) -> None:
+    next(iter(()))
+
+
+def test_an_operation_raising_stop_iteration_leaves_no_caller_waiting(database: Database) -> None:
+    async def scenario() -> list[Any]:
+        release, holding = await held_batch(database)
+        writes = [
+            asyncio.ensure_future(database.write(stop_iteration)),
+            asyncio.ensure_future(database.write(tasks.create_task, new_task("neighbour"))),
+        ]
+        await asyncio.sleep(0.05)
+        release.set()
+        await holding
+        async with asyncio.timeout(10):
+            return list(await asyncio.gather(*writes, return_exceptions=True))
+
+    failed, neighbour = asyncio.run(scenario())
+    assert isinstance(failed, RuntimeError) and "StopIteration" in str(failed)
+    assert neighbour["task_id"] == "neighbour"

@@ -67,7 +67,9 @@ class Database:
 
     async def write(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs `operation(connection, ...)` atomically: all of it commits, or none of it and
-        the error is raised. Returns once it has committed."""
+        the error is raised. Returns once it has committed. The operation may run more than
+        once (see GroupWriter): it must depend on nothing but the database and its arguments,
+        and do nothing outside the transaction."""
         result: T = await self._writer.submit(
             lambda connection: operation(connection, *args, **kwargs)
         )

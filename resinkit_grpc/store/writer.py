@@ -4,7 +4,9 @@ Operations queue up while a commit is in progress; the writer then runs the whol
 transaction, commits once, and only then answers each caller. N commits become one; on
 PostgreSQL the serialized event append (see events.append_event) is paid once per batch instead
 of once per operation. One failing operation never takes its neighbours down with it: a batch in
-which one fails runs again, each operation inside a SAVEPOINT of its own.
+which one fails runs again, each operation inside a SAVEPOINT of its own (and, while operations
+keep failing, batches start that way). Operations must therefore be safe to run more than once:
+functions of the database and their arguments, with no effect outside the transaction.
 
 Every statement the writer runs releases the GIL and must win it back from the event loop, so
 statements saved here are worth more than their own cost suggests.
@@ -16,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -56,6 +60,8 @@ class GroupWriter:
         self._prepare = prepare
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._connection: Connection | None = None
+        # Whether the last batch held a failing operation: the next one then starts isolated.
+        self._failing = False
         self._thread = threading.Thread(target=self._run, name="resinkit-writer", daemon=True)
         self._thread.start()
 
@@ -108,9 +114,10 @@ class GroupWriter:
         runs = [job.run for job in batch]
         try:
             connection = self._connect()
-            outcomes = self._run_straight(connection, runs)
+            outcomes = None if self._failing else self._run_straight(connection, runs)
             if outcomes is None:
                 outcomes = self._run_isolated(connection, runs)
+            self._failing = any(isinstance(outcome, Exception) for outcome in outcomes)
         except Exception as error:
             log.warning("write transaction failed: %s", error)
             self._discard_connection()
@@ -123,10 +130,11 @@ class GroupWriter:
         """The operations one after another, then one commit: the common case, three statements
         per operation fewer than with savepoints. When one fails, nothing commits; a lone
         operation's error is then its outcome, and a batch returns None, to run again isolated
-        (few batches hold a failing operation)."""
+        (few batches hold a failing operation, and after one that did, batches start isolated
+        until one passes without a failure)."""
         with self._begin(connection) as transaction:
             try:
-                return [run(connection) for run in runs]
+                return [_run_checked(run, connection) for run in runs]
             except Exception as error:
                 if _connection_lost(error):
                     raise
@@ -147,7 +155,7 @@ class GroupWriter:
                 # times more, and the outer transaction is ours alone.
                 raw.execute("SAVEPOINT op")
                 try:
-                    outcomes.append(run(connection))
+                    outcomes.append(_run_checked(run, connection))
                 except Exception as error:
                     if _connection_lost(error):
                         raise
@@ -164,6 +172,8 @@ class GroupWriter:
             self._prepare(connection)
             yield transaction
             if transaction.is_active:
+                if not _can_commit(connection):
+                    raise TransactionAborted("the write transaction was aborted")
                 transaction.commit()
         except BaseException:
             if transaction.is_active:
@@ -185,7 +195,37 @@ class GroupWriter:
             self._connection = None
 
 
+class TransactionAborted(RuntimeError):
+    """An operation caught a database error and carried on, and the driver's transaction can no
+    longer commit what it holds: a bug in that operation, never to be reported as success."""
+
+
+def _run_checked(run: Callable[[Connection], Any], connection: Connection) -> Any:
+    """The operation's result, or TransactionAborted when the transaction broke under it:
+    checked before anything else runs in that transaction (on SQLite, a statement run after
+    the transaction ended would commit on its own)."""
+    result = run(connection)
+    if not _can_commit(connection):
+        raise TransactionAborted("an operation carried on after its transaction was aborted")
+    return result
+
+
+def _can_commit(connection: Connection) -> bool:
+    """False when COMMIT would succeed having saved nothing: PostgreSQL aborted the transaction
+    at an error (and turns COMMIT into ROLLBACK), or SQLite rolled it back by itself (after a
+    full disk, for one)."""
+    raw = connection.connection.dbapi_connection
+    if isinstance(raw, sqlite3.Connection):
+        return raw.in_transaction
+    if isinstance(raw, psycopg.Connection):
+        return raw.info.transaction_status != psycopg.pq.TransactionStatus.INERROR
+    return True
+
+
 def _connection_lost(error: Exception) -> bool:
+    # Driver errors too: the savepoint statements go straight to the driver.
+    if isinstance(error, sqlite3.OperationalError | psycopg.OperationalError):
+        return True
     return isinstance(error, OperationalError | PoolTimeout) or (
         isinstance(error, DBAPIError) and error.connection_invalidated
     )
@@ -216,6 +256,8 @@ def _answer(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:  # on the c
     for future, outcome in answers:
         if future.done():  # the caller went away
             continue
+        if isinstance(outcome, StopIteration):  # a future refuses it, and the rest would wait
+            outcome = RuntimeError(f"a write operation raised {outcome!r}")
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
