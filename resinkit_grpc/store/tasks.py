@@ -253,7 +253,8 @@ def list_tasks(
         params["after_value"], params["after_task_id"] = after
     result = connection.execute(_list_statement(shape), params)
     keys = tuple(result.keys())  # once per page: Row._asdict() works them out on every row
-    return [dict(zip(keys, row, strict=True)) for row in result]
+    # all(): the driver's fetchall, one call for the page instead of a fetchone per row.
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
 
 def update_task(
