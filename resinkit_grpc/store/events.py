@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, exists, func, insert, select, text
+from sqlalchemy import Connection, Row, Table, bindparam, exists, func, insert, select, text
 
 from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.rules import EventType, TaskStatus
 from resinkit_grpc.store.models import Task, TaskEvent
+from resinkit_grpc.store.prepared import Prepared
 
 events = cast(Table, TaskEvent.__table__)
 tasks = cast(Table, Task.__table__)
@@ -24,7 +25,16 @@ NOTIFY_CHANNEL = "resinkit_task_events"
 NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
 _APPENDS_LOCKED_BY = "resinkit_appends_locked_by"
 
-INSERT = insert(events)
+EVENT_FIELDS = (
+    "task_id",
+    "event_type",
+    "event_data",
+    "previous_status",
+    "new_status",
+    "timestamp",
+    "actor",
+)
+INSERT = Prepared(insert(events).values({name: bindparam(name) for name in EVENT_FIELDS}))
 
 # Events carry their task's type (immutable) so watchers can filter on it.
 EVENT_COLUMNS = (*events.c, tasks.c.task_type)
@@ -53,8 +63,8 @@ def append_event(
     order (ids of rolled-back transactions are permanent, harmless holes).
     """
     serialize_appends(connection)
-    connection.execute(
-        INSERT,
+    INSERT.execute(
+        connection,
         {
             "task_id": task_id,
             "event_type": event_type.value,

@@ -39,6 +39,7 @@ from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.engine import UNICODE_LOWER
 from resinkit_grpc.store.events import append_event
 from resinkit_grpc.store.models import ServiceSecret, Task
+from resinkit_grpc.store.prepared import Prepared
 
 tasks = cast(Table, Task.__table__)
 
@@ -72,18 +73,25 @@ STATUS_DETAIL_FIELDS = ("error_info", "result_summary", "execution_details", "pr
 # Hot statements are built once: building a statement per call (and its cache key) costs
 # several times what executing it does. Values travel as bound parameters.
 _BY_ID = tasks.c.task_id == bindparam("key_task_id")
-SELECT_FULL = select(*FULL_COLUMNS).where(_BY_ID)
-SELECT_BASIC = select(*BASIC_COLUMNS).where(_BY_ID)
-SELECT_FOR_UPDATE = SELECT_FULL.with_for_update()
+SELECT_FULL = Prepared(select(*FULL_COLUMNS).where(_BY_ID))
+SELECT_BASIC = Prepared(select(*BASIC_COLUMNS).where(_BY_ID))
+SELECT_FOR_UPDATE = Prepared(select(*FULL_COLUMNS).where(_BY_ID).with_for_update())
 SELECT_BY_REQUEST_ID = select(*FULL_COLUMNS).where(tasks.c.request_id == bindparam("request_id"))
 # Waits for a concurrent insert of the same key to commit, then does nothing. Whether the row
 # went in: pysqlite's rowcount says so; psycopg's reaches SQLAlchemy as -1, so RETURNING it is
 # there (on SQLite it would cost the writer two more trips for the GIL: see writer.py).
-INSERT_SQLITE = sqlite.insert(tasks).on_conflict_do_nothing()
+INSERT_SQLITE = Prepared(sqlite.insert(tasks).on_conflict_do_nothing())
 INSERT_POSTGRESQL = postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id)
-# The SET columns are the parameters given besides key_task_id. No RETURNING: the writer knows
-# every value it wrote, and reading them back cost more than the write.
+# No RETURNING: the writer knows every value it wrote, and reading them back cost more than the
+# write.
 UPDATE = sql_update(tasks).where(_BY_ID)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_of(columns: frozenset[str]) -> Prepared:
+    """The UPDATE that sets these columns (one statement per set of columns, built once)."""
+    return Prepared(UPDATE.values({name: bindparam(name) for name in sorted(columns)}))
+
 
 # A task as stored: column name -> value (BASIC reads leave LARGE_COLUMNS out).
 TaskRecord = dict[str, Any]
@@ -178,7 +186,7 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
         "result_summary": None,
     }
     if connection.dialect.name == "sqlite":
-        inserted = connection.execute(INSERT_SQLITE, record).rowcount == 1
+        inserted = INSERT_SQLITE.execute(connection, record) == 1
     else:
         inserted = connection.execute(INSERT_POSTGRESQL, record).first() is not None
     if not inserted:
@@ -203,12 +211,10 @@ def _by_request_id(connection: Connection, request_id: str) -> TaskRecord | None
 
 
 def get_task(connection: Connection, task_id: str, *, full: bool = True) -> TaskRecord:
-    row = connection.execute(
-        SELECT_FULL if full else SELECT_BASIC, {"key_task_id": task_id}
-    ).first()
-    if row is None:
+    record = (SELECT_FULL if full else SELECT_BASIC).first(connection, {"key_task_id": task_id})
+    if record is None:
         raise TaskNotFound(task_id)
-    return row._asdict()
+    return record
 
 
 def list_tasks(
@@ -337,12 +343,12 @@ def load_or_create_secret(connection: Connection, name: str) -> str:
 def _current(connection: Connection, task_id: str, etag: str | None) -> TaskRecord:
     # FOR UPDATE: concurrent changes of one task (from any replica) apply one after the other.
     statement = SELECT_FOR_UPDATE if connection.dialect.name == "postgresql" else SELECT_FULL
-    row = connection.execute(statement, {"key_task_id": task_id}).first()
-    if row is None:
+    record = statement.first(connection, {"key_task_id": task_id})
+    if record is None:
         raise TaskNotFound(task_id)
-    if etag and etag != etag_of(row.version):
+    if etag and etag != etag_of(record["version"]):
         raise EtagMismatch(task_id, etag)
-    return row._asdict()
+    return record
 
 
 def _require_active(record: TaskRecord, action: str) -> None:
@@ -360,7 +366,8 @@ def _update(
 ) -> TaskRecord:
     """Writes `values` and returns the task as it now stands."""
     changes = {**values, "updated_at": now, "version": current["version"] + 1}
-    connection.execute(UPDATE, {**changes, "key_task_id": current["task_id"]})
+    statement = _update_of(frozenset(changes))
+    statement.execute(connection, {**changes, "key_task_id": current["task_id"]})
     return {**current, **changes}
 
 
