@@ -10,10 +10,13 @@ from sqlalchemy import DateTime, Dialect, Text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+# One encoder for every call: json.dumps with arguments builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 def dump_json(value: Any) -> str:
     """The one JSON encoding of the store: compact, UTF-8, key order kept."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 class JSONString(TypeDecorator[Any]):
@@ -37,6 +40,12 @@ class JSONString(TypeDecorator[Any]):
         if value is None or dialect.name == "postgresql":
             return value
         return json.loads(value)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        # One function per value instead of TypeDecorator's chain (as for results, below).
+        return lambda value: None if value is None else dump_json(value)
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         if dialect.name != "sqlite":
@@ -74,6 +83,21 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # In one step, the text SQLAlchemy's SQLite DATETIME stores: "YYYY-MM-DD HH:MM:SS.ffffff"
+        # (always six digits, so that stored and bound values compare as text), in UTC.
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTCDateTime column")
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         if dialect.name != "sqlite":

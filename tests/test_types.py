@@ -1,0 +1,48 @@
+"""The column types' one-step SQLite processors store exactly what SQLAlchemy's own would."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import DateTime, Text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.types import TypeEngine
+
+from resinkit_grpc.store.types import JSONString, UTCDateTime
+
+DIALECT = sqlite.dialect()
+
+
+def bind(type_: TypeEngine[Any], value: Any) -> Any:
+    process = type_.dialect_impl(DIALECT).bind_processor(DIALECT)
+    return value if process is None else process(value)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC),  # no microseconds: still six digits
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 1, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=5))),
+    ],
+)
+def test_timestamps_are_stored_as_sqlalchemys_datetime_text_in_utc(moment: datetime) -> None:
+    expected = bind(DateTime(), moment.astimezone(UTC).replace(tzinfo=None))
+    assert bind(UTCDateTime(), moment) == expected
+    assert bind(UTCDateTime(), None) is None
+
+
+def test_naive_timestamps_are_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        bind(UTCDateTime(), datetime(2026, 1, 1))
+
+
+def test_json_is_stored_compact_and_unescaped() -> None:
+    document = {"sql": "SELECT 'ü'", "nested": [1, 2.5, None, True, {"k": "☃"}]}
+    stored = bind(JSONString(), document)
+    assert stored == json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    assert bind(Text(), stored) == stored and bind(JSONString(), None) is None
