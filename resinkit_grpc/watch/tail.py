@@ -78,7 +78,8 @@ class EventTail:
         """Adds a subscription that has read the log itself up to `replayed_to`, at or past
         this tail's position: from now on it is offered every batch, so it misses nothing."""
         assert replayed_to >= self.position
-        if not self._everyone and not self._by_task:
+        first = not self._everyone and not self._by_task
+        if first:
             # The tail reads nothing while nobody listens; the first subscriber has replayed
             # the log up to replayed_to (never beyond its real end), so reading resumes there.
             self.position = replayed_to
@@ -87,6 +88,10 @@ class EventTail:
                 self._by_task[task_id].add(subscription)
         else:
             self._everyone.add(subscription)
+        if first:
+            # Commits made since that replay's snapshot found nobody to read for: look now,
+            # rather than at the next commit or the fallback timer.
+            self._wake.set()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._everyone.discard(subscription)

@@ -1,0 +1,47 @@
+"""The event tail on a real database, without gRPC: a first subscriber hears at once of events
+committed while nobody listened (the tail skips its wake-ups then)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from resinkit_grpc.config import Settings
+from resinkit_grpc.store import migrations, tasks
+from resinkit_grpc.store.database import Database
+from resinkit_grpc.watch.subscription import EventFilter, Subscription
+from resinkit_grpc.watch.tail import FALLBACK_POLL_SECONDS, EventTail
+
+
+def test_a_first_subscriber_hears_of_what_committed_while_nobody_listened(
+    new_database_url: Callable[[], str],
+) -> None:
+    database = Database(Settings(database_url=new_database_url()))
+    migrations.migrate(database.writer_engine)
+
+    async def scenario() -> list[str]:
+        tail = EventTail(database)
+        await tail.start()
+        try:
+            # A watcher's replay ends here; then a task is created before it subscribes.
+            replayed_to = tail.position
+            await database.write(
+                tasks.create_task,
+                tasks.NewTask(task_id="unheard", task_type="tail-test", created_by="test"),
+            )
+            await asyncio.sleep(0.05)  # the commit's wake-up has come and gone
+            subscription = Subscription(EventFilter(), replayed_to, 100, None)
+            tail.subscribe(subscription, replayed_to)
+            # Well within the fallback timer, which would find the event anyway.
+            async with asyncio.timeout(FALLBACK_POLL_SECONDS / 2):
+                while not subscription.pending:
+                    await subscription.wakeup.wait()
+                    subscription.wakeup.clear()
+            return [event.task_id for event in subscription.pending]
+        finally:
+            await tail.stop()
+
+    try:
+        assert asyncio.run(scenario()) == ["unheard"]
+    finally:
+        database.close()
