@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from resinkit_grpc.config import Settings
+from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.store import migrations, tasks
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.prepared import Prepared
@@ -109,3 +110,24 @@ def test_driver_errors_arrive_as_sqlalchemys_exceptions(engine: Engine) -> None:
             record = tasks.get_task(connection, task_id)
         with pytest.raises(IntegrityError), connection.begin():
             duplicate.execute(connection, record)
+
+
+def test_a_first_statement_begins_the_transaction_as_sqlalchemy_would(engine: Engine) -> None:
+    """Run first on a connection, a Prepared write is inside the transaction SQLAlchemy
+    begins for it, and a rollback takes it back."""
+    with engine.connect() as connection:
+        task_id = stored_task(connection)  # its first statement is a Prepared INSERT
+        connection.rollback()
+        with pytest.raises(TaskNotFound):
+            tasks.get_task(connection, task_id)
+
+
+def test_in_list_parameters_are_refused_up_front(engine: Engine) -> None:
+    statement = select(tasks.tasks.c.task_id).where(
+        tasks.tasks.c.task_id.in_(bindparam("ids", expanding=True))
+    )
+    with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            pytest.skip("Prepared hands other dialects to Connection.execute")
+        with pytest.raises(ValueError, match="IN-list"):
+            Prepared(statement).first(connection, {"ids": ["a"]})

@@ -12,6 +12,10 @@ driver's connection (inside whatever transaction SQLAlchemy began), and converts
 columns' own result processors: the SQL, the types and the transaction stay SQLAlchemy's. Driver
 errors are raised as SQLAlchemy's exceptions, as from Connection.execute. Other dialects run
 the statement through Connection.execute unchanged: there the network round trip dominates.
+
+Unlike SQLAlchemy's execution: NULLs skip the processors (every column type here maps None to
+None), a statement binds every parameter it was compiled with (an INSERT names all its
+columns), IN-list parameters are refused, and engine events and echo do not see the statements.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class Prepared:
                 (params[name] for name in compiled.names), compiled.binds, strict=True
             )
         ]
+        if not connection.in_transaction():
+            connection.begin()  # what SQLAlchemy's autobegin would do: BEGIN, or nothing
         raw = connection.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
         try:
@@ -89,6 +95,8 @@ class Prepared:
     def _compiled(self, dialect: Dialect) -> _Compiled:
         if self._sqlite is None:
             compiled = self.statement.compile(dialect=dialect)
+            if any(bind.expanding for bind in compiled.binds.values()):
+                raise ValueError("a Prepared statement cannot take IN-list parameters")
             names = tuple(compiled.positiontup or ())
             binds = tuple(
                 compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)

@@ -87,7 +87,7 @@ INSERT_POSTGRESQL = postgresql.insert(tasks).on_conflict_do_nothing().returning(
 UPDATE = sql_update(tasks).where(_BY_ID)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)
 def _update_of(columns: frozenset[str]) -> Prepared:
     """The UPDATE that sets these columns (one statement per set of columns, built once)."""
     return Prepared(UPDATE.values({name: bindparam(name) for name in sorted(columns)}))
