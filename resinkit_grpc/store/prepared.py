@@ -28,6 +28,8 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Insert, Select, Update
 from sqlalchemy.exc import DBAPIError
 
+from resinkit_grpc.store.engine import AUTOCOMMIT
+
 Processor = Callable[[Any], Any] | None
 Statement = Select[Any] | Insert | Update
 
@@ -83,8 +85,8 @@ class Prepared:
                 (params[name] for name in compiled.names), compiled.binds, strict=True
             )
         ]
-        if not connection.in_transaction():
-            connection.begin()  # what SQLAlchemy's autobegin would do: BEGIN, or nothing
+        if not connection.in_transaction() and not connection.info.get(AUTOCOMMIT):
+            connection.begin()  # what SQLAlchemy's autobegin would do (BEGIN)
         raw = connection.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
         try:
