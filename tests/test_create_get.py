@@ -15,7 +15,7 @@ from tests.rpc import create, error_reason, new_task, rpc_error, violated_fields
 
 def test_create_assigns_an_id_and_starts_pending(stub: Any) -> None:
     task = create(stub, task_name="nightly", submitted_configs={"sql": "SELECT 1"})
-    assert uuid.UUID(task.task_id)
+    assert uuid.UUID(task.task_id).version == 7  # time-ordered: see api/task_ids.py
     assert task.status == pb.TASK_STATUS_PENDING
     assert task.active and task.etag
     assert task.created_by == "system"

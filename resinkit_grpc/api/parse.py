@@ -4,7 +4,6 @@ an InvalidArgument naming the offending field, so nothing half-valid reaches the
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +18,7 @@ from resinkit_grpc.api.convert import (
     struct_to_dict,
 )
 from resinkit_grpc.api.page_tokens import PageTokens, fingerprint
+from resinkit_grpc.api.task_ids import new_task_id
 from resinkit_grpc.errors import FieldViolation, InvalidArgument
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import EventType
@@ -125,7 +125,7 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
     if new_id:
         _collect(problems, lambda: task_id(new_id))
     else:
-        new_id = str(uuid.uuid4())
+        new_id = new_task_id()
     problems.check(bool(task.task_type), "task.task_type", "is required")
     problems.text(task.task_type, "task.task_type", MAX_SHORT_TEXT)
     problems.check(

@@ -135,7 +135,7 @@ class Task(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Unique id: client-chosen at creation (1 to 128 characters of [A-Za-z0-9._-], starting with
-    a letter or digit) or a server-generated UUID. Immutable.
+    a letter or digit) or a server-generated, time-ordered UUIDv7. Immutable.
     """
     task_type: _builtins.str
     """The kind of task, e.g. `flink_sql` or `flink_cdc_pipeline`. Required at creation. Immutable."""
