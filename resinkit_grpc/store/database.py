@@ -49,21 +49,28 @@ class Database:
         self._loop_reader = None
         if self.dialect == "sqlite" and settings.loop_read_budget > 0:
             self._loop_reader = LoopReader(self.reader_engine, settings.loop_read_budget / 1000)
-        self._commit_listeners: list[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = []
+        self._commit_listeners: list[
+            tuple[asyncio.AbstractEventLoop, Callable[[], None], Callable[[], bool]]
+        ] = []
 
     @property
     def dialect(self) -> str:
         return self.writer_engine.dialect.name
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
+    def on_commit(
+        self, listener: Callable[[], None], *, wanted: Callable[[], bool] = lambda: True
+    ) -> None:
         """Calls `listener` on this event loop after every write this process commits (even
-        when the caller has gone away in the meantime)."""
-        self._commit_listeners.append((asyncio.get_running_loop(), listener))
+        when the caller has gone away in the meantime), if `wanted()` says so right after the
+        commit. `wanted` runs on the writer thread: it must be quick and thread-safe. It saves
+        the listener's loop a wake-up per commit while the listener has nothing to do."""
+        self._commit_listeners.append((asyncio.get_running_loop(), listener, wanted))
 
     def _committed(self) -> None:  # on the writer thread
-        for loop, listener in self._commit_listeners:
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(listener)
+        for loop, listener, wanted in self._commit_listeners:
+            if wanted():
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(listener)
 
     async def write(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Runs `operation(connection, ...)` atomically: all of it commits, or none of it and

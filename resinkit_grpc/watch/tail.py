@@ -52,7 +52,7 @@ class EventTail:
     async def start(self) -> None:
         self.position = await self._db.read(events.last_event_id)
         loop = asyncio.get_running_loop()
-        self._db.on_commit(self.wake)
+        self._db.on_commit(self.wake, wanted=self.listening)
         watch_commits = (
             self._poll_data_version if self._db.dialect == "sqlite" else self._listen_for_notify
         )
@@ -73,6 +73,11 @@ class EventTail:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def listening(self) -> bool:
+        """Whether anybody subscribes. Safe from any thread. While nobody does, commits need not
+        wake the tail: it reads nothing then, and the first subscriber wakes it (subscribe)."""
+        return bool(self._everyone or self._by_task)
 
     def subscribe(self, subscription: Subscription, replayed_to: int) -> None:
         """Adds a subscription that has read the log itself up to `replayed_to`, at or past
@@ -148,6 +153,8 @@ class EventTail:
         try:
             last = None
             while not self._stopping.wait(DATA_VERSION_POLL_SECONDS):
+                if not self.listening():
+                    continue  # a later change of version still wakes the tail, once
                 version = connection.execute("PRAGMA data_version").fetchone()[0]
                 if version != last:
                     last = version
@@ -173,7 +180,8 @@ class EventTail:
                     loop.call_soon_threadsafe(self._wake.set)
                     while not self._stopping.is_set():
                         for _ in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
-                            loop.call_soon_threadsafe(self._wake.set)
+                            if self.listening():
+                                loop.call_soon_threadsafe(self._wake.set)
             except psycopg.Error as error:
                 log.warning("LISTEN connection lost (%s); reconnecting", error)
                 self._stopping.wait(1.0)
