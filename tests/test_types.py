@@ -36,6 +36,38 @@ def test_timestamps_are_stored_as_sqlalchemys_datetime_text_in_utc(moment: datet
     assert bind(UTCDateTime(), None) is None
 
 
+def result(type_: TypeEngine[Any], value: Any) -> Any:
+    process = type_.dialect_impl(DIALECT).result_processor(DIALECT, None)
+    return value if process is None else process(value)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 1, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=5))),
+    ],
+)
+def test_stored_timestamps_read_back_as_the_same_moment_in_utc(moment: datetime) -> None:
+    value = result(UTCDateTime(), bind(UTCDateTime(), moment))
+    assert value == moment and value.tzinfo is UTC
+    assert result(UTCDateTime(), None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "moment"),
+    [
+        ("2026-11-25 10:00:00", datetime(2026, 11, 25, 10, tzinfo=UTC)),
+        ("2026-11-25T10:00:00.5+02:00", datetime(2026, 11, 25, 8, 0, 0, 500000, tzinfo=UTC)),
+    ],
+)
+def test_timestamps_written_by_other_tools_read_back_in_utc(text: str, moment: datetime) -> None:
+    value = result(UTCDateTime(), text)
+    assert value == moment and value.tzinfo is UTC
+
+
 def test_naive_timestamps_are_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
         bind(UTCDateTime(), datetime(2026, 1, 1))
