@@ -122,12 +122,53 @@ def test_a_first_statement_begins_the_transaction_as_sqlalchemy_would(engine: En
             tasks.get_task(connection, task_id)
 
 
-def test_in_list_parameters_are_refused_up_front(engine: Engine) -> None:
+def test_pages_with_in_lists_equal_sqlalchemys_own(engine: Engine) -> None:
+    """ListTasks statements (IN lists of several lengths, a JSON tag filter, a keyset position,
+    LIMIT and the OFFSET the statement carries itself) give SQLAlchemy's rows, in its order."""
+    with engine.begin() as connection:
+        for _ in range(5):
+            stored_task(connection)
+        shape = dict(
+            dialect=connection.dialect.name,
+            statuses=True,
+            task_types=True,
+            created_by=False,
+            name_contains=False,
+            tags_any=True,
+            tags_all=0,
+            created_after=False,
+            created_before=False,
+            show_deleted=False,
+            order=tasks.SortOrder("created_at", descending=True),
+            full=True,
+        )
+        first = tasks._list_statement(tasks._ListShape(**shape, keyset=False))
+        later = tasks._list_statement(tasks._ListShape(**shape, keyset=True))
+        for statuses, types, tags in [
+            (["PENDING"], ["prepared"], ["a"]),
+            (["PENDING", "RUNNING", "FAILED"], ["other", "prepared"], ["z", "b"]),
+        ]:
+            params = {"statuses": statuses, "task_types": types, "tags_any": tags, "limit": 3}
+            page = first.all(connection, params)
+            expected = connection.execute(first.statement, params).all()
+            assert page == [row._asdict() for row in expected]
+            assert len(page) == 3
+            position = {"after_value": page[-1]["created_at"], "after_task_id": page[-1]["task_id"]}
+            rest = later.all(connection, params | position)
+            expected = connection.execute(later.statement, params | position).all()
+            assert rest == [row._asdict() for row in expected]
+            assert len(rest) == 2 and not {r["task_id"] for r in rest} & {
+                r["task_id"] for r in page
+            }
+
+
+def test_an_empty_in_list_is_refused(engine: Engine) -> None:
     statement = select(tasks.tasks.c.task_id).where(
         tasks.tasks.c.task_id.in_(bindparam("ids", expanding=True))
     )
     with engine.connect() as connection:
         if connection.dialect.name != "sqlite":
             pytest.skip("Prepared hands other dialects to Connection.execute")
-        with pytest.raises(ValueError, match="IN-list"):
-            Prepared(statement).first(connection, {"ids": ["a"]})
+        assert Prepared(statement).all(connection, {"ids": ["a", "b"]}) == []
+        with pytest.raises(ValueError, match="IN list"):
+            Prepared(statement).all(connection, {"ids": []})

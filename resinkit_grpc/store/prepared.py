@@ -13,16 +13,20 @@ columns' own result processors: the SQL, the types and the transaction stay SQLA
 errors are raised as SQLAlchemy's exceptions, as from Connection.execute. Other dialects run
 the statement through Connection.execute unchanged: there the network round trip dominates.
 
+IN-list (expanding) parameters are written out as SQLAlchemy writes them, one placeholder per
+value, and each length of list gets its SQL built once.
+
 Unlike SQLAlchemy's execution: NULLs skip the processors (every column type here maps None to
 None), a statement binds every parameter it was compiled with (an INSERT names all its
-columns), IN-list parameters are refused, and engine events and echo do not see the statements.
+columns), an IN list must not be empty (SQLAlchemy writes an empty one as a different
+expression), and engine events and echo do not see the statements.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Insert, Select, Update
@@ -31,15 +35,22 @@ from sqlalchemy.exc import DBAPIError
 from resinkit_grpc.store.engine import AUTOCOMMIT
 
 Processor = Callable[[Any], Any] | None
+# The most IN-list length combinations whose SQL a statement keeps.
+MAX_EXPANDED = 256
 Statement = Select[Any] | Insert | Update
 
 
 @dataclass(frozen=True)
 class _Compiled:
-    sql: str
+    sql: str  # IN lists still as SQLAlchemy's __[POSTCOMPILE_name] tokens
     names: tuple[str, ...]  # the parameters, in the driver's (positional) order
     binds: tuple[Processor, ...]
-    columns: tuple[tuple[str, Processor], ...]  # a SELECT's columns: key, result processor
+    defaults: Mapping[str, Any]  # values the statement carries itself (e.g. OFFSET 0)
+    expanding: frozenset[str]  # the IN-list parameters
+    keys: tuple[str, ...]  # a SELECT's column keys
+    results: tuple[tuple[int, str, Callable[[Any], Any]], ...]  # index, key, result processor
+    # The SQL for each combination of IN-list lengths (in `names` order).
+    expanded_sql: dict[tuple[int, ...], str] = field(default_factory=dict)
 
 
 class Prepared:
@@ -70,48 +81,104 @@ class Prepared:
             raise _wrapped(error, compiled, params, connection.dialect) from error
         finally:
             cursor.close()
-        if row is None:
-            return None
-        return {
-            key: value if value is None or process is None else process(value)
-            for (key, process), value in zip(compiled.columns, row, strict=True)
-        }
+        return None if row is None else _record(compiled, row)
+
+    def all(self, connection: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Runs a SELECT; returns every row as column key -> value."""
+        if connection.dialect.name != "sqlite":
+            result = connection.execute(self.statement, dict(params))
+            keys = tuple(result.keys())  # once: Row._asdict() works them out on every row
+            return [dict(zip(keys, row, strict=True)) for row in result.all()]
+        compiled = self._compiled(connection.dialect)
+        cursor = self._run(connection, params)
+        try:
+            rows = cursor.fetchall()
+        except sqlite3.Error as error:
+            raise _wrapped(error, compiled, params, connection.dialect) from error
+        finally:
+            cursor.close()
+        return [_record(compiled, row) for row in rows]
 
     def _run(self, connection: Connection, params: Mapping[str, Any]) -> sqlite3.Cursor:
         compiled = self._compiled(connection.dialect)
-        values = [
-            value if value is None or process is None else process(value)
-            for value, process in zip(
-                (params[name] for name in compiled.names), compiled.binds, strict=True
-            )
-        ]
+        sql, values, lengths = compiled.sql, list[Any](), list[int]()
+        for name, process in zip(compiled.names, compiled.binds, strict=True):
+            value = params[name] if name in params else compiled.defaults[name]
+            if name in compiled.expanding:
+                if not value:
+                    raise ValueError(f"a Prepared statement needs values in the IN list {name!r}")
+                lengths.append(len(value))
+                values.extend(
+                    value if process is None else (None if v is None else process(v) for v in value)
+                )
+            else:
+                values.append(value if value is None or process is None else process(value))
+        if lengths:
+            sql = _expanded(compiled, tuple(lengths))
         if not connection.in_transaction() and not connection.info.get(AUTOCOMMIT):
             connection.begin()  # what SQLAlchemy's autobegin would do (BEGIN)
         raw = connection.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
         try:
-            return raw.execute(compiled.sql, values)
+            return raw.execute(sql, values)
         except sqlite3.Error as error:
             raise _wrapped(error, compiled, params, connection.dialect) from error
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
         if self._sqlite is None:
             compiled = self.statement.compile(dialect=dialect)
-            if any(bind.expanding for bind in compiled.binds.values()):
-                raise ValueError("a Prepared statement cannot take IN-list parameters")
             names = tuple(compiled.positiontup or ())
             binds = tuple(
                 compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
                 for name in names
             )
-            columns = tuple(
+            columns = [
                 (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
                 for column in (
                     self.statement.selected_columns if isinstance(self.statement, Select) else ()
                 )
+            ]
+            self._sqlite = _Compiled(
+                sql=compiled.string,
+                names=names,
+                binds=binds,
+                defaults={
+                    name: bind.value
+                    for name, bind in compiled.binds.items()
+                    if not bind.required and not bind.expanding
+                },
+                expanding=frozenset(name for name in names if compiled.binds[name].expanding),
+                keys=tuple(key for key, _ in columns),
+                results=tuple(
+                    (index, key, process)
+                    for index, (key, process) in enumerate(columns)
+                    if process is not None
+                ),
             )
-            self._sqlite = _Compiled(compiled.string, names, binds, columns)
         return self._sqlite
+
+
+def _expanded(compiled: _Compiled, lengths: tuple[int, ...]) -> str:
+    """The SQL with each IN list written out for these lengths, as SQLAlchemy writes it."""
+    sql = compiled.expanded_sql.get(lengths)
+    if sql is None:
+        sql = compiled.sql
+        expanding = (name for name in compiled.names if name in compiled.expanding)
+        for name, length in zip(expanding, lengths, strict=True):
+            sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * length), 1)
+        if len(compiled.expanded_sql) < MAX_EXPANDED:  # callers choose the lengths
+            compiled.expanded_sql[lengths] = sql
+    return sql
+
+
+def _record(compiled: _Compiled, row: tuple[Any, ...]) -> dict[str, Any]:
+    """A row as column key -> value, through the columns' result processors."""
+    record = dict(zip(compiled.keys, row, strict=True))
+    for index, key, process in compiled.results:
+        value = row[index]
+        if value is not None:
+            record[key] = process(value)
+    return record
 
 
 def _wrapped(

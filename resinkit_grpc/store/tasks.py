@@ -24,7 +24,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from resinkit_grpc.errors import (
@@ -257,10 +256,7 @@ def list_tasks(
         params["name_pattern"] = f"%{_like_escape(query.name_contains.lower())}%"
     if after is not None:
         params["after_value"], params["after_task_id"] = after
-    result = connection.execute(_list_statement(shape), params)
-    keys = tuple(result.keys())  # once per page: Row._asdict() works them out on every row
-    # all(): the driver's fetchall, one call for the page instead of a fetchone per row.
-    return [dict(zip(keys, row, strict=True)) for row in result.all()]
+    return _list_statement(shape).all(connection, params)
 
 
 def update_task(
@@ -391,7 +387,7 @@ class _ListShape:
 
 
 @functools.lru_cache(maxsize=1024)
-def _list_statement(shape: _ListShape) -> Select[Any]:
+def _list_statement(shape: _ListShape) -> Prepared:
     """The ListTasks statement of one shape, built once: values travel as parameters."""
     c = tasks.c
     conditions: list[ColumnElement[bool]] = []
@@ -427,7 +423,7 @@ def _list_statement(shape: _ListShape) -> Select[Any]:
         ordering = (sort_column.desc(), c.task_id.desc())
     else:
         ordering = (sort_column.asc(), c.task_id.asc())
-    return (
+    return Prepared(
         select(*(FULL_COLUMNS if shape.full else BASIC_COLUMNS))
         .where(and_(true(), *conditions))
         .order_by(*ordering)
