@@ -78,3 +78,19 @@ def test_json_is_stored_compact_and_unescaped() -> None:
     stored = bind(JSONString(), document)
     assert stored == json.dumps(document, separators=(",", ":"), ensure_ascii=False)
     assert bind(Text(), stored) == stored and bind(JSONString(), None) is None
+
+
+@pytest.mark.parametrize(
+    "document", [{"sql": "SELECT 1", "nested": {"list": [1, 2.5, None, True]}}, ["a"], "text", 0]
+)
+def test_stored_json_reads_back_as_it_was(document: Any) -> None:
+    assert result(JSONString(), bind(JSONString(), document)) == document
+    assert result(JSONString(), None) is None
+
+
+def test_json_written_by_other_tools_reads_back_and_bad_json_fails_as_json_loads_does() -> None:
+    assert result(JSONString(), ' { "a" : [1, 2] } ') == {"a": [1, 2]}
+    assert result(JSONString(), '["a"]\n') == ["a"]
+    for bad in ("[1] [2]", "{", ""):
+        with pytest.raises(json.JSONDecodeError):
+            result(JSONString(), bad)
