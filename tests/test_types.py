@@ -61,6 +61,8 @@ def test_stored_timestamps_read_back_as_the_same_moment_in_utc(moment: datetime)
     [
         ("2026-11-25 10:00:00", datetime(2026, 11, 25, 10, tzinfo=UTC)),
         ("2026-11-25T10:00:00.5+02:00", datetime(2026, 11, 25, 8, 0, 0, 500000, tzinfo=UTC)),
+        # As long as what this store writes, but with a zone of its own.
+        ("2026-11-25T10:00:00.1+0100", datetime(2026, 11, 25, 9, 0, 0, 100000, tzinfo=UTC)),
     ],
 )
 def test_timestamps_written_by_other_tools_read_back_in_utc(text: str, moment: datetime) -> None:

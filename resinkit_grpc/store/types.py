@@ -124,7 +124,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             if value is None:
                 return None
             if len(value) == STORED_LENGTH:
-                return parse(value + "+00:00")
+                try:
+                    return parse(value + "+00:00")
+                except ValueError:
+                    pass  # as long, but not ours: "2024-01-01T00:00:00.1+0100", say
             moment = parse(value)  # written by something else: take it as it is
             return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
