@@ -45,6 +45,9 @@ class EventTail:
         self._wake = asyncio.Event()
         self._by_task: dict[str, set[Subscription]] = defaultdict(set)
         self._everyone: set[Subscription] = set()
+        # Every subscription, whichever of the two above holds it: one collection, so that
+        # listening() reads it in one step from another thread.
+        self._subscribed: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -77,13 +80,13 @@ class EventTail:
     def listening(self) -> bool:
         """Whether anybody subscribes. Safe from any thread. While nobody does, commits need not
         wake the tail: it reads nothing then, and the first subscriber wakes it (subscribe)."""
-        return bool(self._everyone or self._by_task)
+        return bool(self._subscribed)
 
     def subscribe(self, subscription: Subscription, replayed_to: int) -> None:
         """Adds a subscription that has read the log itself up to `replayed_to`, at or past
         this tail's position: from now on it is offered every batch, so it misses nothing."""
         assert replayed_to >= self.position
-        first = not self._everyone and not self._by_task
+        first = not self._subscribed
         if first:
             # The tail reads nothing while nobody listens; the first subscriber has replayed
             # the log up to replayed_to (never beyond its real end), so reading resumes there.
@@ -93,12 +96,14 @@ class EventTail:
                 self._by_task[task_id].add(subscription)
         else:
             self._everyone.add(subscription)
+        self._subscribed.add(subscription)
         if first:
             # Commits made since that replay's snapshot found nobody to read for: look now,
             # rather than at the next commit or the fallback timer.
             self._wake.set()
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribed.discard(subscription)
         self._everyone.discard(subscription)
         for task_id in subscription.filter.task_ids:
             watchers = self._by_task.get(task_id)
@@ -122,7 +127,7 @@ class EventTail:
                 await asyncio.sleep(0.5)
 
     async def _catch_up(self) -> None:
-        if not self._everyone and not self._by_task:
+        if not self._subscribed:
             return  # nobody to tell; subscribe() moves the position forward
         while True:
             rows = await self._db.read(
