@@ -27,13 +27,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Dialect, Insert, Select, Update
 from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.store.engine import AUTOCOMMIT
 
+T = TypeVar("T")
 Processor = Callable[[Any], Any] | None
 # The most IN-list length combinations whose SQL a statement keeps.
 MAX_EXPANDED = 256
@@ -73,15 +74,8 @@ class Prepared:
         if connection.dialect.name != "sqlite":
             row = connection.execute(self.statement, dict(params)).first()
             return None if row is None else row._asdict()
-        compiled = self._compiled(connection.dialect)
-        cursor = self._run(connection, params)
-        try:
-            row = cursor.fetchone()
-        except sqlite3.Error as error:
-            raise _wrapped(error, compiled, params, connection.dialect) from error
-        finally:
-            cursor.close()
-        return None if row is None else _record(compiled, row)
+        row = self._fetch(connection, params, sqlite3.Cursor.fetchone)
+        return None if row is None else _record(self._compiled(connection.dialect), row)
 
     def all(self, connection: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Runs a SELECT; returns every row as column key -> value."""
@@ -89,15 +83,22 @@ class Prepared:
             result = connection.execute(self.statement, dict(params))
             keys = tuple(result.keys())  # once: Row._asdict() works them out on every row
             return [dict(zip(keys, row, strict=True)) for row in result.all()]
+        rows = self._fetch(connection, params, sqlite3.Cursor.fetchall)
         compiled = self._compiled(connection.dialect)
+        return [_record(compiled, row) for row in rows]
+
+    def _fetch(
+        self, connection: Connection, params: Mapping[str, Any], fetch: Callable[[Any], T]
+    ) -> T:
+        """Runs the statement on SQLite and fetches its rows with `fetch(cursor)`."""
         cursor = self._run(connection, params)
         try:
-            rows = cursor.fetchall()
+            return fetch(cursor)
         except sqlite3.Error as error:
+            compiled = self._compiled(connection.dialect)
             raise _wrapped(error, compiled, params, connection.dialect) from error
         finally:
             cursor.close()
-        return [_record(compiled, row) for row in rows]
 
     def _run(self, connection: Connection, params: Mapping[str, Any]) -> sqlite3.Cursor:
         compiled = self._compiled(connection.dialect)
