@@ -72,6 +72,12 @@ OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         int,
         "WatchTaskEvents: events buffered per stream before a slow reader is cut off",
     ),
+    (
+        "--watch-buffer-bytes",
+        "watch_buffer_bytes",
+        int,
+        "WatchTaskEvents: bytes of events buffered per stream before a slow reader is cut off",
+    ),
     ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 

@@ -28,4 +28,7 @@ class Settings:
     heartbeat_interval: float = 15.0
     max_watchers: int = 2000
     watch_buffer: int = 1000
+    # Bytes of events (their stored event_data plus a fixed overhead each) buffered per stream
+    # before a slow reader is cut off; also the most one replay page or tail batch reads.
+    watch_buffer_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"

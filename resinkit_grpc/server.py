@@ -20,7 +20,7 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.migrations import migrate
 from resinkit_grpc.store.tasks import load_or_create_secret
-from resinkit_grpc.watch.service import Watches
+from resinkit_grpc.watch.watches import Watches
 
 log = logging.getLogger(__name__)
 

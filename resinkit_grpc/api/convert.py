@@ -12,6 +12,7 @@ from sqlalchemy import Row
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
 from resinkit_grpc.store.tasks import LARGE_COLUMNS, TaskRecord, etag_of
+from resinkit_grpc.watch.items import LogEvent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Stored status name -> enum number, and back.
@@ -60,7 +61,7 @@ def fill_task(task: pb.Task, values: TaskRecord) -> None:
         task.tags.extend(values["tags"])
 
 
-def event_to_proto(row: Row[Any]) -> pb.TaskEvent:
+def event_to_proto(row: Row[Any] | LogEvent) -> pb.TaskEvent:
     event = pb.TaskEvent(
         event_id=row.event_id,
         task_id=row.task_id,
@@ -77,6 +78,20 @@ def event_to_proto(row: Row[Any]) -> pb.TaskEvent:
     if row.actor is not None:
         event.actor = row.actor
     return event
+
+
+def watch_event(event: LogEvent) -> pb.WatchTaskEventsResponse:
+    """The message carrying a live event, built once for every stream that sends it."""
+    response: pb.WatchTaskEventsResponse | None = event.encoded
+    if response is None:
+        response = event.encoded = pb.WatchTaskEventsResponse(event=event_to_proto(event))
+    return response
+
+
+def heartbeat(position: int) -> pb.WatchTaskEventsResponse:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return pb.WatchTaskEventsResponse(heartbeat=pb.Heartbeat(event_id=position, timestamp=now))
 
 
 def set_timestamp(stamp: timestamp_pb2.Timestamp, value: datetime) -> None:

@@ -31,6 +31,8 @@ from resinkit_grpc.store.tasks import (
     StatusChange,
     TaskQuery,
 )
+from resinkit_grpc.watch.items import EventFilter
+from resinkit_grpc.watch.watches import WatchRequest
 
 T = TypeVar("T")
 
@@ -411,16 +413,6 @@ def _collect(problems: Violations, parse: Callable[[], T]) -> T | None:
         return None
 
 
-@dataclass(frozen=True)
-class WatchRequest:
-    task_ids: frozenset[str]
-    task_types: frozenset[str]
-    event_types: frozenset[str]
-    after_event_id: int | None
-    # The one task whose terminal event ends the stream, when until_terminal is set.
-    until_terminal: str | None
-
-
 def watch(request: pb.WatchTaskEventsRequest) -> WatchRequest:
     problems = Violations()
     for index, value in enumerate(request.task_ids):
@@ -442,11 +434,15 @@ def watch(request: pb.WatchTaskEventsRequest) -> WatchRequest:
             problems.add("until_terminal", "needs exactly one task_ids entry")
         else:
             until = request.task_ids[0]
+    problems.check(
+        until is not None or not request.wait_for_creation,
+        "wait_for_creation",
+        "only applies with until_terminal",
+    )
     problems.raise_if_any()
     return WatchRequest(
-        frozenset(request.task_ids),
-        frozenset(request.task_types),
-        frozenset(types),
-        after,
-        until,
+        EventFilter(frozenset(request.task_ids), frozenset(request.task_types), frozenset(types)),
+        after_event_id=after,
+        until_terminal=until,
+        wait_for_creation=request.wait_for_creation,
     )

@@ -3,20 +3,33 @@ result. The servicer never opens a transaction; Database does, around a store op
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from resinkit_grpc.api import parse
-from resinkit_grpc.api.convert import event_to_proto, fill_task, task_to_proto
+from resinkit_grpc.api.convert import (
+    event_to_proto,
+    fill_task,
+    heartbeat,
+    task_to_proto,
+    watch_event,
+)
 from resinkit_grpc.api.page_tokens import PageTokens
-from resinkit_grpc.api.status import translate_errors, translate_stream_errors
+from resinkit_grpc.api.status import (
+    abort,
+    translate_errors,
+    translate_stream_errors,
+    watch_ending,
+)
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.store import events, tasks
 from resinkit_grpc.store.database import Database
-from resinkit_grpc.watch.service import Watches
+from resinkit_grpc.watch.items import LogEvent, Passed
+from resinkit_grpc.watch.watches import Watches
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -107,6 +120,18 @@ class TaskService(pb_grpc.TaskServiceServicer):
     async def WatchTaskEvents(
         self, request: pb.WatchTaskEventsRequest, context: Context
     ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
-        async with translate_stream_errors(context):
-            async for response in self._watches.watch(request, context):
-                yield response
+        async with (
+            translate_stream_errors(context),
+            contextlib.aclosing(self._watches.stream(parse.watch(request))) as stream,
+        ):
+            async for items in stream:
+                for item in items:
+                    if isinstance(item, LogEvent):
+                        yield watch_event(item)
+                    elif isinstance(item, Passed):
+                        yield heartbeat(item.position)
+                    else:
+                        ending = watch_ending(item)
+                        if ending is not None:
+                            await abort(context, ending)
+                        return

@@ -23,6 +23,7 @@ from resinkit_grpc.errors import (
     TaskNotFound,
     TaskStateConflict,
 )
+from resinkit_grpc.watch.items import Ended, EndReason
 
 DOMAIN = "resinkit.v1"
 log = logging.getLogger(__name__)
@@ -109,6 +110,37 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
             code, reason = code_pb2.INTERNAL, "INTERNAL"
     details.insert(0, error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
     return pack_status(code, error.message, details)
+
+
+_ENDINGS = {
+    EndReason.SLOW_CONSUMER: (
+        code_pb2.RESOURCE_EXHAUSTED,
+        "the stream fell further behind than its buffer allows (--watch-buffer, "
+        "--watch-buffer-bytes)",
+    ),
+    EndReason.TOO_MANY_WATCHERS: (
+        code_pb2.RESOURCE_EXHAUSTED,
+        "this server already serves as many watchers as it may (--max-watchers); retry later "
+        "or elsewhere",
+    ),
+    EndReason.SHUTTING_DOWN: (code_pb2.UNAVAILABLE, "the server is shutting down; reconnect"),
+}
+
+
+def watch_ending(ended: Ended) -> status_pb2.Status | None:
+    """The status that ends a watch stream; None for a normal end (OK).
+
+    Every early end is resumable: ErrorInfo.metadata["resume_after_event_id"] says where from
+    (absent only when a live-only stream is refused before it started: just ask again)."""
+    if ended.reason is EndReason.FINISHED:
+        return None
+    code, message = _ENDINGS[ended.reason]
+    metadata = {}
+    if ended.resume_after is not None:
+        metadata["resume_after_event_id"] = str(ended.resume_after)
+        message = f"{message}; resume with after_event_id={ended.resume_after}"
+    info = error_details_pb2.ErrorInfo(reason=ended.reason.value, domain=DOMAIN, metadata=metadata)
+    return pack_status(code, message, [info])
 
 
 def internal_error() -> status_pb2.Status:

@@ -8,7 +8,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, exists, func, insert, select, text
+from sqlalchemy import (
+    Connection,
+    Row,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy import (
+    cast as sql_cast,
+)
 
 from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.rules import EventType, TaskStatus
@@ -107,12 +122,70 @@ def read_events(
 ) -> list[Row[Any]]:
     """Events with after_event_id < event_id <= up_to_event_id matching every non-empty filter,
     in event_id order."""
+    statement = _matching(after_event_id, up_to_event_id, task_ids, task_types, event_types)
+    return list(connection.execute(statement.add_columns(*EVENT_COLUMNS).limit(limit)))
+
+
+def read_log(
+    connection: Connection,
+    *,
+    after_event_id: int,
+    limit: int,
+    max_bytes: int,
+    up_to_event_id: int | None = None,
+    task_ids: Sequence[str] = (),
+    task_types: Sequence[str] = (),
+    event_types: Sequence[str] = (),
+) -> LogPage:
+    """read_events for the watch: at most `limit` events, and no more of them than fit in
+    `max_bytes` of stored event_data (the first always comes, however large). Each row carries
+    `data_size`, the stored size of its event_data, so that a stream's buffer can be bounded in
+    bytes. The byte cut is made by the database, so a page of large events is never fetched
+    whole."""
+    if connection.dialect.name == "postgresql":
+        stored = func.octet_length(sql_cast(events.c.event_data, Text))
+    else:
+        stored = func.length(events.c.event_data)  # the stored JSON text
+    # Innermost the LIMIT, so that the running sum is taken over one page, not the log.
+    page = (
+        _matching(after_event_id, up_to_event_id, task_ids, task_types, event_types)
+        .add_columns(*EVENT_COLUMNS, func.coalesce(stored, 0).label("data_size"))
+        .limit(limit)
+        .subquery("page")
+    )
+    running = func.sum(page.c.data_size).over(order_by=page.c.event_id)
+    sized = select(page, running.label("running"), func.count().over().label("page_rows")).subquery(
+        "sized"
+    )
     statement = (
-        select(*EVENT_COLUMNS)
-        .join(tasks, tasks.c.task_id == events.c.task_id)
+        select(*(sized.c[column.name] for column in page.c), sized.c.page_rows)
+        .where(sized.c.running - sized.c.data_size < max_bytes)
+        .order_by(sized.c.event_id)
+    )
+    rows: list[Row[Any]] = list(connection.execute(statement))
+    complete = not rows or (len(rows) < limit and rows[0].page_rows == len(rows))
+    return LogPage(rows, complete)
+
+
+@dataclass(frozen=True)
+class LogPage:
+    rows: list[Row[Any]]
+    # Whether every matching event of the range asked for is in `rows` (no limit cut it).
+    complete: bool
+
+
+def _matching(
+    after_event_id: int,
+    up_to_event_id: int | None,
+    task_ids: Sequence[str],
+    task_types: Sequence[str],
+    event_types: Sequence[str],
+) -> Select[Any]:
+    statement = (
+        select()
+        .select_from(events.join(tasks, tasks.c.task_id == events.c.task_id))
         .where(events.c.event_id > after_event_id)
         .order_by(events.c.event_id)
-        .limit(limit)
     )
     if up_to_event_id is not None:
         statement = statement.where(events.c.event_id <= up_to_event_id)
@@ -122,7 +195,7 @@ def read_events(
         statement = statement.where(tasks.c.task_type.in_(task_types))
     if event_types:
         statement = statement.where(events.c.event_type.in_(event_types))
-    return list(connection.execute(statement))
+    return statement
 
 
 def list_task_events(
@@ -155,6 +228,12 @@ def last_event_id(connection: Connection) -> int:
 
 
 @dataclass(frozen=True)
+class TaskState:
+    status: str
+    active: bool
+
+
+@dataclass(frozen=True)
 class ReplayPage:
     """One page of a watch's replay."""
 
@@ -162,8 +241,10 @@ class ReplayPage:
     # Every matching event with an id up to here is in `events` or an earlier page; never
     # beyond the end of the log.
     scanned_to: int
-    # The status of the task named by `status_of`, in the same snapshot (None if unknown).
-    task_status: str | None
+    # The state of the task named by `state_of`, in the same snapshot (None: no such task).
+    task: TaskState | None
+    # Whether the page reached `scanned_to` = the end of the log as this snapshot saw it.
+    complete: bool
 
 
 def read_replay_page(
@@ -171,31 +252,37 @@ def read_replay_page(
     *,
     after_event_id: int,
     limit: int,
+    max_bytes: int,
     task_ids: Sequence[str],
     task_types: Sequence[str],
     event_types: Sequence[str],
-    status_of: str | None,
+    state_of: str | None,
 ) -> ReplayPage:
-    """Matching events after `after_event_id`, and how far the page covers the log.
+    """Matching events after `after_event_id` (see read_log), and how far the page covers the
+    log.
 
     Correct because the visible events always form a prefix of the id order (see append_event):
     nothing at or below `upper` can still appear after it was read."""
-    # The status first: on PostgreSQL (READ COMMITTED) every statement sees a newer moment,
-    # and a terminal status read first guarantees its event is at or below `upper`.
-    status = None
-    if status_of is not None:
-        status = connection.execute(
-            select(tasks.c.status).where(tasks.c.task_id == status_of)
-        ).scalar_one_or_none()
+    # The task first: on PostgreSQL (READ COMMITTED) every statement sees a newer moment, and a
+    # terminal or deleted state read first guarantees its event is at or below `upper`.
+    task = None
+    if state_of is not None:
+        found = connection.execute(
+            select(tasks.c.status, tasks.c.active).where(tasks.c.task_id == state_of)
+        ).one_or_none()
+        if found is not None:
+            task = TaskState(found.status, bool(found.active))
     upper = last_event_id(connection)
-    rows = read_events(
+    page = read_log(
         connection,
         after_event_id=after_event_id,
         up_to_event_id=upper,
         limit=limit,
+        max_bytes=max_bytes,
         task_ids=task_ids,
         task_types=task_types,
         event_types=event_types,
     )
-    scanned_to = rows[-1].event_id if len(rows) == limit else upper
-    return ReplayPage(rows, scanned_to, status)
+    # A page cut short (by count or by bytes) covers the log up to its last row only.
+    scanned_to = upper if page.complete else page.rows[-1].event_id
+    return ReplayPage(page.rows, scanned_to, task, page.complete)

@@ -1,98 +1,138 @@
-"""One watcher's filter, bounded buffer and position. Touched only on the event loop."""
+"""One live stream's queue: what the fan-out has offered it and the stream has not taken yet.
+
+It owns the rule the whole watch rests on: a position mark is only ever handed out when nothing
+at or below it is still queued, because marks are made in the same step that empties the queue.
+Touched only on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
-from resinkit_grpc.rules import TERMINAL_STATUSES, EventType, TaskStatus
-
-
-@dataclass(frozen=True)
-class LogEvent:
-    """A committed event as the tail hands it out: the message to send and what filters need."""
-
-    event_id: int
-    task_id: str
-    task_type: str
-    event_type: str
-    new_status: str | None
-    response: pb.WatchTaskEventsResponse
-
-    @property
-    def makes_terminal(self) -> bool:
-        return (
-            self.event_type == EventType.STATUS_CHANGE
-            and self.new_status is not None
-            and TaskStatus(self.new_status) in TERMINAL_STATUSES
-        )
-
-
-@dataclass(frozen=True)
-class EventFilter:
-    task_ids: frozenset[str] = frozenset()
-    task_types: frozenset[str] = frozenset()
-    event_types: frozenset[str] = frozenset()
-
-    def matches(self, event: LogEvent) -> bool:
-        return (
-            (not self.task_ids or event.task_id in self.task_ids)
-            and (not self.task_types or event.task_type in self.task_types)
-            and (not self.event_types or event.event_type in self.event_types)
-        )
-
-
-class Ended(Exception):
-    """Why a live subscription stopped before its client went away."""
-
-
-class Overflowed(Ended):
-    pass
-
-
-class ShuttingDown(Ended):
-    pass
+from resinkit_grpc.watch.items import Ended, EndReason, EventFilter, Item, LogEvent, Passed
 
 
 class Subscription:
-    """A live watcher. `cursor` is the last event_id considered for it (matching or not): every
-    matching event up to it is either in `pending` or already handed to the stream."""
+    """A live watcher.
+
+    `cursor` is the last position considered for it, matching or not: every matching event up
+    to it is queued or already taken. `taken` is the last position handed to the stream, the
+    resume point of any ending."""
 
     def __init__(
-        self, event_filter: EventFilter, cursor: int, buffer: int, until_terminal: str | None
+        self,
+        event_filter: EventFilter,
+        cursor: int,
+        *,
+        max_events: int,
+        max_bytes: int,
+        until_terminal: str | None = None,
+        position: Callable[[], int] = lambda: 0,
     ) -> None:
         self.filter = event_filter
         self.cursor = cursor
+        self.taken = cursor
         self.until_terminal = until_terminal
-        self.pending: deque[LogEvent] = deque()
-        self.finished = False  # the watched task became terminal: end after `pending`
-        self.ended: Ended | None = None
-        self.wakeup = asyncio.Event()
-        self._buffer = buffer
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        # The fan-out's position: every matching event up to it has been offered.
+        self._position = position
+        self._queue: deque[LogEvent] = deque()
+        self._queued_bytes = 0
+        self._finished = False  # the watched task ended: end once the queue is taken
+        self._ended: EndReason | None = None
+        self._wakeup = asyncio.Event()
 
-    def offer(self, batch: Sequence[LogEvent], batch_end: int) -> bool:
-        """Takes the events of one tail batch (ids up to batch_end). False once it needs no more."""
-        for event in batch:
-            if event.event_id <= self.cursor:
-                continue
-            if self.filter.matches(event):
-                if len(self.pending) >= self._buffer:
-                    self.end(Overflowed())
-                    return False
-                self.pending.append(event)
-            self.cursor = event.event_id
-            if self.until_terminal == event.task_id and event.makes_terminal:
-                self.finished = True
-                self.wakeup.set()
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the fan-out may forget it: it takes no more events."""
+        return self._finished or self._ended is not None
+
+    def offer(
+        self,
+        events: Sequence[LogEvent],
+        size: int,
+        batch_end: int,
+        ending_at: int | None = None,
+    ) -> bool:
+        """Queues `events` (those of one batch that match its filter, `size` bytes in all, ids
+        up to `batch_end`). `ending_at`: the id of the batch's event that ends the watched
+        task, if any. False once it takes no more."""
+        if self.closed:
+            return False
+        if events and events[0].event_id <= self.cursor:  # joined inside this batch
+            events = [event for event in events if event.event_id > self.cursor]
+            size = sum(event.size for event in events)
+        if ending_at is not None:
+            if ending_at <= self.cursor:
+                ending_at = None  # handed over already: the stream ended there
+            else:
+                if events and events[-1].event_id > ending_at:
+                    events = [event for event in events if event.event_id <= ending_at]
+                    size = sum(event.size for event in events)
+                self._finished = True
+        if events:
+            count = len(self._queue) + len(events)
+            queued_bytes = self._queued_bytes + size
+            # One event alone always fits, however large: otherwise it could never be sent.
+            if count > self.max_events or (queued_bytes > self.max_bytes and count > 1):
+                self.end(EndReason.SLOW_CONSUMER)
                 return False
+            self._queue.extend(events)
+            self._queued_bytes = queued_bytes
+            self._wakeup.set()
+        if self._finished:
+            self.cursor = max(self.cursor, ending_at or 0)
+            self._wakeup.set()
+            return False
         self.cursor = max(self.cursor, batch_end)
-        if self.pending:
-            self.wakeup.set()
         return True
 
-    def end(self, reason: Ended) -> None:
-        self.ended = reason
-        self.wakeup.set()
+    def end(self, reason: EndReason) -> None:
+        """Ends the stream early: what is queued is dropped; it resumes after `taken`."""
+        if self._ended is None and not self._finished:
+            self._ended = reason
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._wakeup.set()
+
+    def take(self, *, mark: bool) -> list[Item]:
+        """Everything queued, in order; then, if `mark`, a position mark that covers all of it
+        and whatever the fan-out has passed since; or the ending. Marks are made here, and only
+        here, after the queue has been emptied: so no mark can ever claim a queued event."""
+        if self._ended is not None:
+            return [Ended(self._ended, self.taken)]
+        queued = list(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        if queued:
+            self.taken = queued[-1].event_id
+        items: list[Item] = [*queued]
+        if self._finished:
+            # The ending event itself may not match the filter: resume after it all the same.
+            self.taken = max(self.taken, self.cursor)
+            items.append(Ended(EndReason.FINISHED, self.taken))
+        elif mark:
+            position = max(self.cursor, self._position(), self.taken)
+            self.taken = position
+            items.append(Passed(position))
+        return items
+
+    async def next_items(self, mark_after: float) -> list[Item]:
+        """Waits until something is queued or the stream ends, for at most `mark_after`
+        seconds; then takes it (with a position mark if the wait ran out)."""
+        if not (self._queue or self.closed):
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(mark_after):  # not wait_for: see EventTail._run
+                    await self._wakeup.wait()
+            except TimeoutError:
+                # The queue may have filled in the same turn as the timer expired: take() puts
+                # the mark after whatever it holds.
+                return self.take(mark=True)
+        return self.take(mark=False)

@@ -1,9 +1,10 @@
 """EventTail: the one reader of task_events in this process.
 
-It reads the table in event_id order from its position and offers each batch to every live
-subscription. The table is the source of truth: wake-ups (this process's commits; other
-processes' commits through a `PRAGMA data_version` poll on SQLite, LISTEN/NOTIFY on PostgreSQL)
-only tell it to look, and a timer makes it look anyway.
+It reads the table in event_id order from the fan-out's position and hands each batch to the
+fan-out. The table is the source of truth: wake-ups (this process's commits; other processes'
+commits through a `PRAGMA data_version` poll on SQLite, LISTEN/NOTIFY on PostgreSQL) only tell
+it to look, and a timer makes it look anyway. The thread that watches for other processes'
+commits is restarted whenever it fails, so delivery stays prompt.
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
-import psycopg
 from sqlalchemy import Row
 
-from resinkit_grpc.api.convert import event_to_proto
-from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.store import events
 from resinkit_grpc.store.database import Database
-from resinkit_grpc.store.engine import POSTGRES_CONNECT_ARGS
-from resinkit_grpc.watch.subscription import LogEvent, Subscription
+from resinkit_grpc.watch.fanout import Fanout
+from resinkit_grpc.watch.items import LogEvent
+from resinkit_grpc.watch.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -36,33 +35,40 @@ FALLBACK_POLL_SECONDS = 1.0
 DATA_VERSION_POLL_SECONDS = 0.005
 # How long a LISTEN wait lasts before it checks whether the tail is stopping.
 LISTEN_TIMEOUT_SECONDS = 0.5
+# Pause before a failed commit watcher is started again (doubling while it keeps failing).
+RESTART_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class EventTail:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, batch_bytes: int) -> None:
         self._db = database
-        self.position = 0
+        self.fanout = Fanout()
+        self._batch_bytes = batch_bytes
         self._wake = asyncio.Event()
-        self._by_task: dict[str, set[Subscription]] = defaultdict(set)
-        self._everyone: set[Subscription] = set()
-        # Every subscription, whichever of the two above holds it: one collection, so that
-        # listening() reads it in one step from another thread.
-        self._subscribed: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
-        self._poller: threading.Thread | None = None
+        self._commit_watch: threading.Thread | None = None
         self._stopping = threading.Event()
+        # How often the commit watcher has failed and been started again.
+        self.commit_watch_restarts = 0
+
+    @property
+    def position(self) -> int:
+        return self.fanout.position
 
     async def start(self) -> None:
-        self.position = await self._db.read(events.last_event_id)
+        self.fanout.position = await self._db.read(events.last_event_id)
         loop = asyncio.get_running_loop()
         self._db.on_commit(self.wake, wanted=self.listening)
-        watch_commits = (
+        watch_once = (
             self._poll_data_version if self._db.dialect == "sqlite" else self._listen_for_notify
         )
-        self._poller = threading.Thread(
-            target=watch_commits, args=(loop,), name="resinkit-commit-watch", daemon=True
+        self._commit_watch = threading.Thread(
+            target=self._watch_commits,
+            args=(loop, watch_once),
+            name="resinkit-commit-watch",
+            daemon=True,
         )
-        self._poller.start()
+        self._commit_watch.start()
         self._task = asyncio.create_task(self._run(), name="event-tail")
 
     async def stop(self) -> None:
@@ -71,8 +77,8 @@ class EventTail:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._poller is not None:
-            await asyncio.to_thread(self._poller.join)
+        if self._commit_watch is not None:
+            await asyncio.to_thread(self._commit_watch.join)
 
     def wake(self) -> None:
         self._wake.set()
@@ -80,37 +86,20 @@ class EventTail:
     def listening(self) -> bool:
         """Whether anybody subscribes. Safe from any thread. While nobody does, commits need not
         wake the tail: it reads nothing then, and the first subscriber wakes it (subscribe)."""
-        return bool(self._subscribed)
+        return self.fanout.listening
 
     def subscribe(self, subscription: Subscription, replayed_to: int) -> None:
-        """Adds a subscription that has read the log itself up to `replayed_to`, at or past
-        this tail's position: from now on it is offered every batch, so it misses nothing."""
-        assert replayed_to >= self.position
-        first = not self._subscribed
-        if first:
-            # The tail reads nothing while nobody listens; the first subscriber has replayed
-            # the log up to replayed_to (never beyond its real end), so reading resumes there.
-            self.position = replayed_to
-        if subscription.filter.task_ids:
-            for task_id in subscription.filter.task_ids:
-                self._by_task[task_id].add(subscription)
-        else:
-            self._everyone.add(subscription)
-        self._subscribed.add(subscription)
+        """Adds a subscription that has read the log itself up to `replayed_to` (see
+        Fanout.subscribe)."""
+        first = not self.fanout.listening
+        self.fanout.subscribe(subscription, replayed_to)
         if first:
             # Commits made since that replay's snapshot found nobody to read for: look now,
             # rather than at the next commit or the fallback timer.
             self._wake.set()
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribed.discard(subscription)
-        self._everyone.discard(subscription)
-        for task_id in subscription.filter.task_ids:
-            watchers = self._by_task.get(task_id)
-            if watchers is not None:
-                watchers.discard(subscription)
-                if not watchers:
-                    del self._by_task[task_id]
+        self.fanout.unsubscribe(subscription)
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
@@ -122,33 +111,46 @@ class EventTail:
             self._wake.clear()
             try:
                 await self._catch_up()
-            except Exception:
-                log.exception("event tail could not read task_events; retrying")
+            except Exception as error:
+                log.warning("event tail could not read task_events (%s); retrying", _kind(error))
                 await asyncio.sleep(0.5)
 
     async def _catch_up(self) -> None:
-        if not self._subscribed:
-            return  # nobody to tell; subscribe() moves the position forward
-        while True:
-            rows = await self._db.read(
-                events.read_events, after_event_id=self.position, limit=BATCH
+        while self.fanout.listening:  # nobody to tell: subscribe() moves the position
+            page = await self._db.read(
+                events.read_log,
+                after_event_id=self.fanout.position,
+                limit=BATCH,
+                max_bytes=self._batch_bytes,
             )
-            if not rows:
-                return
-            self._dispatch([_log_event(row) for row in rows])
-            if len(rows) < BATCH:
+            if page.rows:
+                self.fanout.dispatch([log_event(row) for row in page.rows])
+            if page.complete:
                 return
 
-    def _dispatch(self, batch: list[LogEvent]) -> None:
-        batch_end = batch[-1].event_id
-        targets = set(self._everyone)
-        for event in batch:
-            targets.update(self._by_task.get(event.task_id, ()))
-        for subscription in targets:
-            if not subscription.offer(batch, batch_end):
-                self.unsubscribe(subscription)
-        # Never backwards: subscribe() may have moved it past this batch while it was read.
-        self.position = max(self.position, batch_end)
+    def _watch_commits(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        watch_once: Callable[[asyncio.AbstractEventLoop], None],
+    ) -> None:
+        """Runs the commit watcher until the tail stops, starting it again whenever it fails:
+        without it, commits of other processes would wait for the fallback timer."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                watch_once(loop)
+                failures = 0
+            except RuntimeError:  # the event loop is closed: the server is gone
+                return
+            except Exception as error:
+                failures += 1
+                self.commit_watch_restarts += 1
+                log.warning("commit watcher failed (%s); restarting it", _kind(error))
+            # It may have missed commits: have the tail look at the table.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+            if failures:
+                self._stopping.wait(RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1])
 
     def _poll_data_version(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wakes the tail when any connection, in any process, commits to the SQLite file."""
@@ -160,46 +162,51 @@ class EventTail:
             while not self._stopping.wait(DATA_VERSION_POLL_SECONDS):
                 if not self.listening():
                     continue  # a later change of version still wakes the tail, once
-                version = connection.execute("PRAGMA data_version").fetchone()[0]
+                version = self.read_data_version(connection)
                 if version != last:
                     last = version
                     loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:  # the event loop is closed: the server is gone
-            pass
-        except sqlite3.Error:
-            log.exception("data_version poll stopped; falling back to the timer")
         finally:
             connection.close()
 
+    @staticmethod
+    def read_data_version(connection: sqlite3.Connection) -> int:
+        version: int = connection.execute("PRAGMA data_version").fetchone()[0]
+        return version
+
     def _listen_for_notify(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wakes the tail on every NOTIFY from any replica's commit (PostgreSQL). A dropped
-        connection is re-established, with a wake-up in case a notification was lost."""
+        """Wakes the tail on every NOTIFY from any replica's commit (PostgreSQL)."""
+        import psycopg
+
+        from resinkit_grpc.store.engine import POSTGRES_CONNECT_ARGS
+
         url = self._db.writer_engine.url.set(drivername="postgresql")
         conninfo = url.render_as_string(hide_password=False)
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(
-                    conninfo, autocommit=True, **POSTGRES_CONNECT_ARGS
-                ) as connection:
-                    connection.execute(f"LISTEN {events.NOTIFY_CHANNEL}")
-                    loop.call_soon_threadsafe(self._wake.set)
-                    while not self._stopping.is_set():
-                        for _ in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
-                            if self.listening():
-                                loop.call_soon_threadsafe(self._wake.set)
-            except psycopg.Error as error:
-                log.warning("LISTEN connection lost (%s); reconnecting", error)
-                self._stopping.wait(1.0)
-            except RuntimeError:  # the event loop is closed: the server is gone
-                return
+        with psycopg.connect(conninfo, autocommit=True, **POSTGRES_CONNECT_ARGS) as connection:
+            connection.execute(f"LISTEN {events.NOTIFY_CHANNEL}")
+            loop.call_soon_threadsafe(self._wake.set)  # what committed before LISTEN
+            while not self._stopping.is_set():
+                for _ in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
+                    if self.listening():
+                        loop.call_soon_threadsafe(self._wake.set)
 
 
-def _log_event(row: Row[Any]) -> LogEvent:
+def log_event(row: Row[Any]) -> LogEvent:
+    """A row read by events.read_log as a LogEvent."""
     return LogEvent(
         event_id=row.event_id,
         task_id=row.task_id,
         task_type=row.task_type,
         event_type=row.event_type,
+        timestamp=row.timestamp,
+        event_data=row.event_data,
+        previous_status=row.previous_status,
         new_status=row.new_status,
-        response=pb.WatchTaskEventsResponse(event=event_to_proto(row)),
+        actor=row.actor,
+        data_size=row.data_size,
     )
+
+
+def _kind(error: BaseException) -> str:
+    """What failed, without the message: driver messages can quote statements and values."""
+    return type(error).__qualname__

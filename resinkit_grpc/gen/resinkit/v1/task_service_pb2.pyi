@@ -730,15 +730,21 @@ class WatchTaskEventsRequest(_message.Message):
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
     UNTIL_TERMINAL_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_CREATION_FIELD_NUMBER: _builtins.int
     after_event_id: _builtins.int
     """Unset: only events committed after the stream starts. Set (0 included): first every stored
     matching event with a larger event_id, in order, then live events, with no gap and no
     duplicate in between. Resume with the last event_id seen (from an event or a heartbeat).
     """
     until_terminal: _builtins.bool
-    """With exactly one `task_ids` entry: end the stream with OK right after the event that makes
-    the task terminal (right after the replay if it already is).
+    """With exactly one `task_ids` entry: end the stream with OK right after the task's first
+    event after after_event_id that makes it terminal (COMPLETED, FAILED, CANCELLED) or
+    soft-deletes it (DELETED), whether or not the filter shows that event; right after the
+    replay if the task already is terminal or deleted. A task that does not exist is NOT_FOUND
+    unless wait_for_creation is set.
     """
+    wait_for_creation: _builtins.bool
+    """With until_terminal: wait for a task that does not exist yet instead of NOT_FOUND."""
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only events of these tasks. Unknown ids are fine: the task may be created later."""
@@ -759,10 +765,11 @@ class WatchTaskEventsRequest(_message.Message):
         event_types: _abc.Iterable[_builtins.str] | None = ...,
         after_event_id: _builtins.int | None = ...,
         until_terminal: _builtins.bool = ...,
+        wait_for_creation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_after_event_id", b"_after_event_id", "after_event_id", b"after_event_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_event_id", b"_after_event_id", "after_event_id", b"after_event_id", "event_types", b"event_types", "task_ids", b"task_ids", "task_types", b"task_types", "until_terminal", b"until_terminal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_event_id", b"_after_event_id", "after_event_id", b"after_event_id", "event_types", b"event_types", "task_ids", b"task_ids", "task_types", b"task_types", "until_terminal", b"until_terminal", "wait_for_creation", b"wait_for_creation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__after_event_id: _TypeAlias = _typing.Literal["after_event_id"]  # noqa: Y015
     _WhichOneofArgType__after_event_id: _TypeAlias = _typing.Literal["_after_event_id", b"_after_event_id"]  # noqa: Y015
@@ -804,15 +811,19 @@ Global___WatchTaskEventsResponse: _TypeAlias = WatchTaskEventsResponse  # noqa: 
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """Keeps an idle watch alive and gives it a resume point."""
+    """Keeps an idle watch alive and gives it a resume point. One is sent when the replay is done
+    (the stream is live from then on) and then after every --heartbeat-interval without events.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
-    """The latest event_id the server has passed on this stream, whether or not it matched the
-    filter. Resuming with after_event_id = this value loses nothing.
+    """A position the stream has passed, whether or not events there matched the filter: every
+    matching event with an id at or below it has been sent before this heartbeat, and none is
+    sent after it. Resuming with after_event_id = this value loses nothing and repeats
+    nothing. Never lower than an earlier message's position; repeated on an idle stream.
     """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:

@@ -154,6 +154,12 @@ class TaskServiceServicer:
     def WatchTaskEvents(self, request, context):
         """Streams task events as they commit, optionally replaying stored events first.
         The stream is the `task_events` table read in `event_id` order: no gaps, no duplicates.
+        Every message carries a position (an event's event_id, a heartbeat's event_id); events
+        strictly increase, and no event ever follows a heartbeat at or above its id.
+        Early endings carry ErrorInfo.metadata["resume_after_event_id"]: RESOURCE_EXHAUSTED
+        SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
+        behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
+        after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

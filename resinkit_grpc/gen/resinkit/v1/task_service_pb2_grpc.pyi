@@ -64,6 +64,12 @@ class TaskServiceStub:
     WatchTaskEvents: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskEventsRequest, _task_service_pb2.WatchTaskEventsResponse]
     """Streams task events as they commit, optionally replaying stored events first.
     The stream is the `task_events` table read in `event_id` order: no gaps, no duplicates.
+    Every message carries a position (an event's event_id, a heartbeat's event_id); events
+    strictly increase, and no event ever follows a heartbeat at or above its id.
+    Early endings carry ErrorInfo.metadata["resume_after_event_id"]: RESOURCE_EXHAUSTED
+    SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
+    behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
+    after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
     """
 
 @_typing.type_check_only
@@ -102,6 +108,12 @@ class TaskServiceAsyncStub(TaskServiceStub):
     WatchTaskEvents: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskEventsRequest, _task_service_pb2.WatchTaskEventsResponse]  # type: ignore[assignment]
     """Streams task events as they commit, optionally replaying stored events first.
     The stream is the `task_events` table read in `event_id` order: no gaps, no duplicates.
+    Every message carries a position (an event's event_id, a heartbeat's event_id); events
+    strictly increase, and no event ever follows a heartbeat at or above its id.
+    Early endings carry ErrorInfo.metadata["resume_after_event_id"]: RESOURCE_EXHAUSTED
+    SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
+    behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
+    after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -191,6 +203,12 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTaskEventsResponse], _abc.AsyncIterator[_task_service_pb2.WatchTaskEventsResponse]]:
         """Streams task events as they commit, optionally replaying stored events first.
         The stream is the `task_events` table read in `event_id` order: no gaps, no duplicates.
+        Every message carries a position (an event's event_id, a heartbeat's event_id); events
+        strictly increase, and no event ever follows a heartbeat at or above its id.
+        Early endings carry ErrorInfo.metadata["resume_after_event_id"]: RESOURCE_EXHAUSTED
+        SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
+        behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
+        after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
