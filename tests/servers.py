@@ -107,5 +107,12 @@ class ServerProcess:
             self._log.close()
         return self.process.returncode
 
+    def rss_bytes(self) -> int:
+        """The server's resident memory now."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
     def log(self) -> str:
         return self.log_path.read_text()

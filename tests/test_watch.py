@@ -7,6 +7,7 @@ import asyncio
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -303,6 +304,7 @@ def test_shutdown_ends_streams_with_unavailable_and_a_resume_point(
         ({"event_types": ["EXPLODED"]}, "event_types"),
         ({"task_ids": ["not valid!"]}, "task_ids[0]"),
         ({"task_types": ["nul\x00"]}, "task_types"),
+        ({"task_ids": ["a"], "wait_for_creation": True}, "wait_for_creation"),
     ],
 )
 def test_malformed_watch_requests_are_invalid_argument(
@@ -402,3 +404,146 @@ def test_a_refused_live_only_watch_carries_no_resume_point(
     assert info.reason == "TOO_MANY_WATCHERS"
     assert "resume_after_event_id" not in info.metadata
     held.stop()
+
+
+def test_no_event_ever_follows_a_heartbeat_that_claimed_it(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """The reproduction of the heartbeat race: heartbeats every 2 ms while three writers commit
+    as fast as they can, so timer expiries and queued events meet in the same event-loop turn
+    thousands of times. A heartbeat at H promises every matching event up to H was sent."""
+    server = start_server("--heartbeat-interval", "0.002")
+    watchers = [Watcher(server.stub()) for _ in range(8)]
+    for watcher in watchers:
+        watcher.wait_live()
+    start = min(w.heartbeats[0] for w in watchers)
+    stop = threading.Event()
+
+    def write() -> None:
+        stub = server.stub()
+        while not stop.is_set():
+            create(stub, "race")
+
+    writers = [threading.Thread(target=write) for _ in range(3)]
+    for thread in writers:
+        thread.start()
+    time.sleep(4)
+    stop.set()
+    for thread in writers:
+        thread.join(30)
+    end = last_event_id(server)
+    rows = table_events(server.database_url)
+    for watcher in watchers:
+        watcher.wait_position(end)
+        watcher.stop()
+    for watcher in watchers:
+        assert watcher.events_after_a_heartbeat_that_claimed_them() == []
+        first = watcher.heartbeats[0]
+        assert watcher.ids() == matching(rows, after=first)
+    # The attack really interleaved: many heartbeats among many events on every stream.
+    assert end - start > 500
+    assert all(len(w.heartbeats) > 100 for w in watchers), [len(w.heartbeats) for w in watchers]
+
+
+def test_until_terminal_on_an_unknown_task_is_not_found(stub: Any) -> None:
+    error = rpc_error(
+        lambda: list(
+            stub.WatchTaskEvents(
+                pb.WatchTaskEventsRequest(task_ids=["never-created-42"], until_terminal=True),
+                timeout=10,
+            )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert error_reason(error) == "TASK_NOT_FOUND"
+
+
+def test_until_terminal_with_wait_for_creation_follows_a_task_created_later(
+    server: ServerProcess,
+) -> None:
+    stub = server.stub()
+    watcher = Watcher(stub, task_ids=["born-later-7"], until_terminal=True, wait_for_creation=True)
+    watcher.wait_live()
+    create(stub, task_id="born-later-7")
+    stub.UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id="born-later-7", status=pb.TASK_STATUS_FAILED)
+    )
+    assert watcher.done.wait(10)
+    assert watcher.error is None and watcher.call.code() == grpc.StatusCode.OK
+    assert [e.event_type for e in watcher.events] == ["CREATED", "STATUS_CHANGE"]
+
+
+def test_deleting_a_watched_task_ends_its_until_terminal_stream(server: ServerProcess) -> None:
+    """A deleted task refuses every change until it is undeleted: its watch ends with the
+    DELETED event instead of hanging."""
+    stub = server.stub()
+    task = create(stub)
+    watcher = Watcher(stub, task_ids=[task.task_id], until_terminal=True)
+    watcher.wait_live()
+    stub.UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id=task.task_id, status=pb.TASK_STATUS_RUNNING)
+    )
+    stub.DeleteTask(pb.DeleteTaskRequest(task_id=task.task_id))
+    assert watcher.done.wait(10)
+    assert watcher.error is None and watcher.call.code() == grpc.StatusCode.OK
+    assert [e.event_type for e in watcher.events] == ["STATUS_CHANGE", "DELETED"]
+    # Watching it again: it is deleted already, so the stream ends right after the replay...
+    again = list(
+        stub.WatchTaskEvents(
+            pb.WatchTaskEventsRequest(task_ids=[task.task_id], until_terminal=True), timeout=10
+        )
+    )
+    assert again == []
+    # ... and a replay from the start ends at the DELETED event, as the live stream did.
+    replayed = list(
+        stub.WatchTaskEvents(
+            pb.WatchTaskEventsRequest(
+                task_ids=[task.task_id], until_terminal=True, after_event_id=0
+            ),
+            timeout=10,
+        )
+    )
+    assert [r.event.event_type for r in replayed] == ["CREATED", "STATUS_CHANGE", "DELETED"]
+
+
+def test_a_watcher_of_large_events_is_cut_off_by_bytes_and_memory_stays_bounded(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """--watch-buffer-bytes bounds what an unread stream holds, however few events that is."""
+    server = start_server("--watch-buffer-bytes", "2000000", "--watch-buffer", "100000")
+    stub = server.stub()
+    channel = grpc.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+    slow = pb_grpc.TaskServiceStub(channel)
+    stream = slow.WatchTaskEvents(pb.WatchTaskEventsRequest())
+    first = next(stream)
+    assert first.HasField("heartbeat")
+    rss_before = server.rss_bytes()
+    big = {"blob": "x" * 1_000_000}
+    for _ in range(100):  # 100 MB of event_data in all, unread by the slow watcher
+        task = create(stub)
+        stub.UpdateTaskStatus(
+            pb.UpdateTaskStatusRequest(
+                task_id=task.task_id, status=pb.TASK_STATUS_FAILED, error_info=big
+            )
+        )
+    grown = server.rss_bytes() - rss_before
+    received: list[int] = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for response in stream:
+            if response.HasField("event"):
+                received.append(response.event.event_id)
+    error = ended.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(error) == "SLOW_CONSUMER"
+    resume = resume_point(error)
+    assert resume == (received[-1] if received else first.heartbeat.event_id)
+    rest = Watcher(stub, after_event_id=resume)
+    rest.wait_position(last_event_id(server))
+    rest.stop()
+    rows = table_events(server.database_url)
+    assert received + rest.ids() == matching(rows, after=first.heartbeat.event_id)
+    assert len(received) < 20  # cut off long before the 200 events were written
+    # Handling 1 MB requests at all costs the server some 10 to 20 MB here; holding what
+    # the slow stream did not read would cost 100 MB.
+    assert grown < 50_000_000, grown
+    channel.close()

@@ -24,6 +24,8 @@ class Watcher:
         self.call = stub.WatchTaskEvents(pb.WatchTaskEventsRequest(**request))
         self.events: list[pb.TaskEvent] = []
         self.heartbeats: list[int] = []
+        # Every message's position in the order received: ("event" | "heartbeat", event_id).
+        self.positions: list[tuple[str, int]] = []
         self.error: grpc.RpcError | None = None
         self.done = threading.Event()
         self._changed = threading.Condition()
@@ -36,8 +38,10 @@ class Watcher:
                 with self._changed:
                     if response.HasField("event"):
                         self.events.append(response.event)
+                        self.positions.append(("event", response.event.event_id))
                     else:
                         self.heartbeats.append(response.heartbeat.event_id)
+                        self.positions.append(("heartbeat", response.heartbeat.event_id))
                     self._changed.notify_all()
         except grpc.RpcError as error:
             self.error = error
@@ -70,6 +74,18 @@ class Watcher:
                 or any(e.event_id >= event_id for e in w.events[-1:])
             )
         )
+
+    def events_after_a_heartbeat_that_claimed_them(self) -> list[tuple[int, int]]:
+        """(event_id, heartbeat) for every event received after a heartbeat at or above its id:
+        what a client resuming from that heartbeat would never see."""
+        broken = []
+        claimed = 0
+        for kind, position in self.positions:
+            if kind == "event" and position <= claimed:
+                broken.append((position, claimed))
+            if kind == "heartbeat":
+                claimed = max(claimed, position)
+        return broken
 
     def ids(self) -> list[int]:
         return [event.event_id for event in self.events]
