@@ -3,6 +3,7 @@ in `event_id` order (history pages and the watch tail alike)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -139,39 +140,65 @@ def read_log(
 ) -> LogPage:
     """read_events for the watch: at most `limit` events, and no more of them than fit in
     `max_bytes` of stored event_data (the first always comes, however large). Each row carries
-    `data_size`, the stored size of its event_data, so that a stream's buffer can be bounded in
-    bytes. The byte cut is made by the database, so a page of large events is never fetched
-    whole."""
-    if connection.dialect.name == "postgresql":
-        stored = func.octet_length(sql_cast(events.c.event_data, Text))
-    else:
-        stored = func.length(events.c.event_data)  # the stored JSON text
+    `data_size`, the stored size of its event_data (in characters of its JSON text), so that a
+    stream's buffer can be bounded in bytes. The cut is made by the database, so a page of
+    large events is never fetched whole."""
+    statement = _log_page(
+        bool(task_ids), bool(task_types), bool(event_types), up_to_event_id is not None
+    )
+    params: dict[str, Any] = {"after": after_event_id, "limit": limit, "max_bytes": max_bytes}
+    if up_to_event_id is not None:
+        params["up_to"] = up_to_event_id
+    for name, values in (
+        ("task_ids", task_ids),
+        ("task_types", task_types),
+        ("event_types", event_types),
+    ):
+        if values:
+            params[name] = list(values)
+    rows = statement.all(connection, params)
+    complete = not rows or (len(rows) < limit and rows[0]["page_rows"] == len(rows))
+    return LogPage(rows, complete)
+
+
+@dataclass(frozen=True)
+class LogPage:
+    rows: list[dict[str, Any]]
+    # Whether every matching event of the range asked for is in `rows` (no limit cut it).
+    complete: bool
+
+
+@functools.lru_cache(maxsize=32)
+def _log_page(task_ids: bool, task_types: bool, event_types: bool, bounded: bool) -> Prepared:
+    """read_log's statement for one shape of filter, compiled once."""
+    conditions = [events.c.event_id > bindparam("after")]
+    if bounded:
+        conditions.append(events.c.event_id <= bindparam("up_to"))
+    if task_ids:
+        conditions.append(events.c.task_id.in_(bindparam("task_ids", expanding=True)))
+    if task_types:
+        conditions.append(tasks.c.task_type.in_(bindparam("task_types", expanding=True)))
+    if event_types:
+        conditions.append(events.c.event_type.in_(bindparam("event_types", expanding=True)))
+    stored = func.coalesce(func.length(sql_cast(events.c.event_data, Text)), 0)
     # Innermost the LIMIT, so that the running sum is taken over one page, not the log.
     page = (
-        _matching(after_event_id, up_to_event_id, task_ids, task_types, event_types)
-        .add_columns(*EVENT_COLUMNS, func.coalesce(stored, 0).label("data_size"))
-        .limit(limit)
+        select(*EVENT_COLUMNS, stored.label("data_size"))
+        .select_from(events.join(tasks, tasks.c.task_id == events.c.task_id))
+        .where(*conditions)
+        .order_by(events.c.event_id)
+        .limit(bindparam("limit"))
         .subquery("page")
     )
     running = func.sum(page.c.data_size).over(order_by=page.c.event_id)
     sized = select(page, running.label("running"), func.count().over().label("page_rows")).subquery(
         "sized"
     )
-    statement = (
+    return Prepared(
         select(*(sized.c[column.name] for column in page.c), sized.c.page_rows)
-        .where(sized.c.running - sized.c.data_size < max_bytes)
+        .where(sized.c.running - sized.c.data_size < bindparam("max_bytes"))
         .order_by(sized.c.event_id)
     )
-    rows: list[Row[Any]] = list(connection.execute(statement))
-    complete = not rows or (len(rows) < limit and rows[0].page_rows == len(rows))
-    return LogPage(rows, complete)
-
-
-@dataclass(frozen=True)
-class LogPage:
-    rows: list[Row[Any]]
-    # Whether every matching event of the range asked for is in `rows` (no limit cut it).
-    complete: bool
 
 
 def _matching(
@@ -237,7 +264,7 @@ class TaskState:
 class ReplayPage:
     """One page of a watch's replay."""
 
-    events: list[Row[Any]]
+    events: list[dict[str, Any]]
     # Every matching event with an id up to here is in `events` or an earlier page; never
     # beyond the end of the log.
     scanned_to: int
@@ -284,5 +311,5 @@ def read_replay_page(
         event_types=event_types,
     )
     # A page cut short (by count or by bytes) covers the log up to its last row only.
-    scanned_to = upper if page.complete else page.rows[-1].event_id
+    scanned_to = upper if page.complete else page.rows[-1]["event_id"]
     return ReplayPage(page.rows, scanned_to, task, page.complete)

@@ -14,10 +14,8 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
-
-from sqlalchemy import Row
 
 from resinkit_grpc.store import events
 from resinkit_grpc.store.database import Database
@@ -191,19 +189,19 @@ class EventTail:
                         loop.call_soon_threadsafe(self._wake.set)
 
 
-def log_event(row: Row[Any]) -> LogEvent:
+def log_event(row: Mapping[str, Any]) -> LogEvent:
     """A row read by events.read_log as a LogEvent."""
     return LogEvent(
-        event_id=row.event_id,
-        task_id=row.task_id,
-        task_type=row.task_type,
-        event_type=row.event_type,
-        timestamp=row.timestamp,
-        event_data=row.event_data,
-        previous_status=row.previous_status,
-        new_status=row.new_status,
-        actor=row.actor,
-        data_size=row.data_size,
+        event_id=row["event_id"],
+        task_id=row["task_id"],
+        task_type=row["task_type"],
+        event_type=row["event_type"],
+        timestamp=row["timestamp"],
+        event_data=row["event_data"],
+        previous_status=row["previous_status"],
+        new_status=row["new_status"],
+        actor=row["actor"],
+        data_size=row["data_size"],
     )
 
 
