@@ -244,7 +244,7 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
     if "watch" in report:
         print(
             f"\n{'watchers':<10}{'events/s':>9}{'deliveries':>11}{'p50 ms':>9}{'p99 ms':>9}"
-            f"{'server RSS MiB':>16}  target"
+            f"{'CPU µs/deliv':>14}{'server RSS MiB':>16}  target"
         )
         for r in report["watch"]:
             verdicts = []
@@ -271,7 +271,7 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             print(
                 f"{r['watchers']:<10}{r['rate']:>9.0f}{r['deliveries']:>11}{r['p50_ms']:>9.2f}"
-                f"{r['p99_ms']:>9.2f}"
+                f"{r['p99_ms']:>9.2f}{r['server_cpu_us_per_delivery']:>14.1f}"
                 f"{r['server_rss_mib']:>16.0f}  {'; '.join(verdicts)}"
             )
     if "scale" in report:

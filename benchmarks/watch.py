@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.machine import rss_mib
+from benchmarks.machine import cpu_seconds, rss_mib
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 
@@ -28,6 +28,8 @@ class WatchResult:
     p50_ms: float
     p99_ms: float
     server_rss_mib: float
+    # Server CPU while the events were written and delivered, per delivery.
+    server_cpu_us_per_delivery: float
 
 
 _ready: Any = None
@@ -92,6 +94,7 @@ def run(
                 if not ready.acquire(timeout=120):
                     raise RuntimeError("watchers did not become live")
             rss = rss_mib(server_pid)
+            cpu_before = cpu_seconds(server_pid)
             interval = 1 / rate
             next_at = time.perf_counter()
             for _ in range(events):
@@ -100,6 +103,7 @@ def run(
                 time.sleep(max(0.0, next_at - time.perf_counter()))
             rss = max(rss, rss_mib(server_pid))
             latencies = sorted(ms for part in pending.get(180) for ms in part)
+            cpu = cpu_seconds(server_pid) - cpu_before
         results.append(
             WatchResult(
                 watchers=count,
@@ -109,6 +113,7 @@ def run(
                 p50_ms=statistics.median(latencies),
                 p99_ms=latencies[int(len(latencies) * 0.99)],
                 server_rss_mib=rss,
+                server_cpu_us_per_delivery=cpu / len(latencies) * 1e6,
             )
         )
     channel.close()

@@ -13,10 +13,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from resinkit_grpc.api.page_tokens import PageTokens
+from resinkit_grpc.api.registration import add_task_service
 from resinkit_grpc.api.servicer import TaskService
 from resinkit_grpc.config import Settings
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
-from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.migrations import migrate
 from resinkit_grpc.store.tasks import load_or_create_secret
@@ -55,7 +55,7 @@ class Server:
         secret = await self.database.write(load_or_create_secret, "page_tokens")
         await self.watches.start()
         service = TaskService(self.database, PageTokens(bytes.fromhex(secret)), self.watches)
-        pb_grpc.add_TaskServiceServicer_to_server(service, self.grpc_server)
+        add_task_service(service, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server

@@ -80,18 +80,22 @@ def event_to_proto(row: Row[Any] | LogEvent) -> pb.TaskEvent:
     return event
 
 
-def watch_event(event: LogEvent) -> pb.WatchTaskEventsResponse:
-    """The message carrying a live event, built once for every stream that sends it."""
-    response: pb.WatchTaskEventsResponse | None = event.encoded
-    if response is None:
-        response = event.encoded = pb.WatchTaskEventsResponse(event=event_to_proto(event))
-    return response
+def watch_event(event: LogEvent) -> bytes:
+    """A serialized WatchTaskEventsResponse carrying the event, encoded once for every stream
+    that sends it."""
+    encoded: bytes | None = event.encoded
+    if encoded is None:
+        response = pb.WatchTaskEventsResponse(event=event_to_proto(event))
+        encoded = event.encoded = response.SerializeToString()
+    return encoded
 
 
-def heartbeat(position: int) -> pb.WatchTaskEventsResponse:
+def heartbeat(position: int) -> bytes:
+    """A serialized WatchTaskEventsResponse carrying a heartbeat at `position`."""
     now = timestamp_pb2.Timestamp()
     now.GetCurrentTime()
-    return pb.WatchTaskEventsResponse(heartbeat=pb.Heartbeat(event_id=position, timestamp=now))
+    response = pb.WatchTaskEventsResponse(heartbeat=pb.Heartbeat(event_id=position, timestamp=now))
+    return response.SerializeToString()
 
 
 def set_timestamp(stamp: timestamp_pb2.Timestamp, value: datetime) -> None:

@@ -117,9 +117,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
             response.next_page_token = self._tokens.encode(page.fingerprint, position)
         return response
 
-    async def WatchTaskEvents(
+    async def WatchTaskEvents(  # type: ignore[override]
         self, request: pb.WatchTaskEventsRequest, context: Context
-    ) -> AsyncIterator[pb.WatchTaskEventsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Yields serialized WatchTaskEventsResponse messages (see api/registration.py)."""
         async with (
             translate_stream_errors(context),
             contextlib.aclosing(self._watches.stream(parse.watch(request))) as stream,
