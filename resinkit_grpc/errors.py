@@ -8,11 +8,24 @@ from dataclasses import dataclass
 
 from resinkit_grpc.rules import TaskStatus
 
+# An error must always reach its caller: gRPC refuses trailers over 16 KiB, and a status that
+# echoes unbounded input would arrive as RESOURCE_EXHAUSTED "Stream removed" instead.
+MAX_MESSAGE_LENGTH = 1024
+MAX_VIOLATIONS = 20
+MAX_FIELD_LENGTH = 128
+MAX_DESCRIPTION_LENGTH = 256
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, saying so."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class ResinkitError(Exception):
-    """Base of every error a caller may see; `message` is safe to show them."""
+    """Base of every error a caller may see; `message` is safe to show them, and bounded."""
 
     def __init__(self, message: str) -> None:
+        message = bounded(message, MAX_MESSAGE_LENGTH)
         super().__init__(message)
         self.message = message
 
@@ -24,9 +37,21 @@ class FieldViolation:
 
 
 class InvalidArgument(ResinkitError):
+    """Bad input. Reports at most MAX_VIOLATIONS violations (the last says how many more there
+    were), each bounded in length."""
+
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
-        self.violations = tuple(violations)
+        kept = [
+            FieldViolation(
+                bounded(v.field, MAX_FIELD_LENGTH), bounded(v.description, MAX_DESCRIPTION_LENGTH)
+            )
+            for v in violations[:MAX_VIOLATIONS]
+        ]
+        if len(violations) > MAX_VIOLATIONS:
+            more = len(violations) - MAX_VIOLATIONS + 1
+            kept[-1] = FieldViolation("request", f"and {more} more problems")
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in kept))
+        self.violations = tuple(kept)
 
     @classmethod
     def one(cls, field: str, description: str) -> InvalidArgument:
@@ -46,8 +71,8 @@ class TaskAlreadyExists(ResinkitError):
 
 
 class EtagMismatch(ResinkitError):
-    def __init__(self, task_id: str, etag: str) -> None:
-        super().__init__(f"task {task_id!r} has changed: etag {etag!r} is no longer current")
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id!r} has changed since the etag given was read")
         self.task_id = task_id
 
 
@@ -59,14 +84,20 @@ class InvalidTransition(ResinkitError):
         requested: TaskStatus,
         allowed: Sequence[TaskStatus],
     ) -> None:
-        allowed_text = ", ".join(allowed) if allowed else "none (terminal status)"
+        allowed_text = ", ".join(map(api_name, allowed)) if allowed else "none (terminal status)"
         super().__init__(
-            f"task {task_id!r} cannot move from {current} to {requested}; allowed: {allowed_text}"
+            f"task {task_id!r} cannot move from {api_name(current)} to {api_name(requested)}; "
+            f"allowed: {allowed_text}"
         )
         self.task_id = task_id
         self.current = current
         self.requested = requested
         self.allowed = tuple(allowed)
+
+
+def api_name(status: TaskStatus) -> str:
+    """A status as the API spells it (the TaskStatus enum of resinkit.v1)."""
+    return f"TASK_STATUS_{status.value}"
 
 
 class TaskStateConflict(ResinkitError):

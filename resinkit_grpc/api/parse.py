@@ -48,6 +48,13 @@ MAX_FILTER_VALUES = 100
 MAX_WATCHED_TASKS = 1000
 # Up to ten years; longer is almost certainly a unit mistake.
 MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
+MAX_ETAG_LENGTH = 64
+MAX_PAGE_TOKEN_LENGTH = 1024
+MAX_ORDER_BY_LENGTH = 64
+# Task has fewer fields than this; more paths in a mask are a mistake or an attack.
+MAX_MASK_PATHS = 32
+# How many unknown values an error names (the rest are counted).
+MAX_ECHOED_VALUES = 5
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 OUTPUT_ONLY_FIELDS = frozenset(
     {
@@ -114,6 +121,34 @@ def optional_text(value: str) -> str | None:
     return value or None
 
 
+def etag(value: str, field: str = "etag") -> str | None:
+    """An etag as the service issues them; empty means none given."""
+    if len(value) > MAX_ETAG_LENGTH or "\x00" in value:
+        raise InvalidArgument.one(field, "is not an etag this service issued")
+    return value or None
+
+
+def view(value: int, field: str = "view") -> bool:
+    """Whether a TaskView asks for the FULL view; unset is the RPC's default."""
+    _enum(value, pb.TaskView.DESCRIPTOR, field)
+    return value == pb.TASK_VIEW_FULL
+
+
+def _enum(value: int, descriptor: Any, field: str) -> None:
+    """Every enum of every request is checked alike: a number the enum does not define is
+    INVALID_ARGUMENT, never ignored."""
+    if value not in descriptor.values_by_number:
+        raise InvalidArgument.one(field, f"{value} is not a {descriptor.name}")
+
+
+def _echo(values: Iterable[str]) -> str:
+    """Unknown values named in an error: a few of them, each cut short."""
+    names = sorted(set(values))
+    shown = ", ".join(repr(name[:32]) for name in names[:MAX_ECHOED_VALUES])
+    more = len(names) - MAX_ECHOED_VALUES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 def page_size(value: int, field: str = "page_size") -> int:
     if value < 0:
         raise InvalidArgument.one(field, "must not be negative")
@@ -143,8 +178,9 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
     if timeout is not None and not _valid_timeout(timeout):
         problems.add(
             "task.submitted_configs.task_timeout_seconds",
-            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS}",
+            f"must be a JSON number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS}",
         )
+        timeout = None
     new = NewTask(
         task_id=new_id,
         task_type=task.task_type,
@@ -175,6 +211,8 @@ class TaskUpdate:
 def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
     task = request.task
     the_id = task_id(task.task_id, "task.task_id")
+    if len(request.update_mask.paths) > MAX_MASK_PATHS:
+        raise InvalidArgument.one("update_mask", f"at most {MAX_MASK_PATHS} paths")
     paths = list(request.update_mask.paths) or _populated_mutable_fields(task)
     if not paths:
         raise InvalidArgument.one("update_mask", "names no field, and no mutable field is set")
@@ -189,7 +227,9 @@ def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
         elif path in OUTPUT_ONLY_FIELDS:
             problems.add("update_mask", f"{path} is output only or immutable")
         elif path not in MUTABLE_FIELDS:
-            problems.add("update_mask", f"{path} is not a field of Task that can be updated")
+            problems.add(
+                "update_mask", f"{_echo([path])} is not a field of Task that can be updated"
+            )
     problems.raise_if_any()
     _check_texts(problems, task)
     readers: dict[str, Callable[[], Any]] = {
@@ -203,19 +243,20 @@ def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
         path: readers[path]() if path in readers else _struct(problems, task, path)
         for path in dict.fromkeys(paths)
     }
+    the_etag = _collect(problems, lambda: etag(task.etag, "task.etag"))
     problems.raise_if_any()
-    return TaskUpdate(the_id, changes, optional_text(task.etag))
+    return TaskUpdate(the_id, changes, the_etag)
 
 
 def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
     the_id = task_id(request.task_id)
     if request.status == pb.TASK_STATUS_UNSPECIFIED:
         raise InvalidArgument.one("status", "is required")
-    status = PROTO_TO_STATUS.get(request.status)
-    if status is None:
-        raise InvalidArgument.one("status", f"{request.status} is not a TaskStatus")
+    _enum(request.status, pb.TaskStatus.DESCRIPTOR, "status")
+    status = PROTO_TO_STATUS[request.status]
     problems = Violations()
     problems.text(request.actor, "actor", MAX_SHORT_TEXT)
+    the_etag = _collect(problems, lambda: etag(request.etag))
     details = {}
     for name in STATUS_DETAIL_FIELDS:
         value = _struct(problems, request, name, prefix="")
@@ -227,7 +268,7 @@ def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
         status=status,
         details=details,
         actor=optional_text(request.actor),
-        etag=optional_text(request.etag),
+        etag=the_etag,
     )
 
 
@@ -245,14 +286,17 @@ def list_tasks(request: pb.ListTasksRequest, tokens: PageTokens) -> TaskPage:
     problems = Violations()
     f = request.filter
     statuses = []
-    for number in f.statuses:
-        if number == pb.TASK_STATUS_UNSPECIFIED:  # "no status given": places no condition
-            continue
-        status = PROTO_TO_STATUS.get(number)
-        if status is None:
-            problems.add("filter.statuses", f"{number} is not a TaskStatus")
-        else:
-            statuses.append(status.value)
+    if len(f.statuses) > MAX_FILTER_VALUES:
+        problems.add("filter.statuses", f"at most {MAX_FILTER_VALUES} values")
+    else:
+        for number in f.statuses:
+            if number == pb.TASK_STATUS_UNSPECIFIED:  # "no status given": places no condition
+                continue
+            status = PROTO_TO_STATUS.get(number)
+            if status is None:
+                problems.add("filter.statuses", f"{number} is not a TaskStatus")
+            else:
+                statuses.append(status.value)
     problems.texts(f.task_types, "filter.task_types", MAX_SHORT_TEXT, MAX_FILTER_VALUES)
     problems.text(f.created_by, "filter.created_by", MAX_SHORT_TEXT)
     problems.text(f.name_contains, "filter.name_contains", MAX_NAME_LENGTH)
@@ -271,14 +315,19 @@ def list_tasks(request: pb.ListTasksRequest, tokens: PageTokens) -> TaskPage:
     )
     order = _collect(problems, lambda: order_by(request.order_by))
     size = _collect(problems, lambda: page_size(request.page_size))
+    full = _collect(problems, lambda: view(request.view))
+    problems.check(
+        len(request.page_token) <= MAX_PAGE_TOKEN_LENGTH,
+        "page_token",
+        "is not a page token this service issued",
+    )
     problems.raise_if_any()
     assert order is not None and size is not None
     digest = fingerprint(query, order)
     after = None
     if request.page_token:
         after = _task_position(tokens.decode(request.page_token, digest), order)
-    view = request.view or pb.TASK_VIEW_BASIC
-    return TaskPage(query, order, after, size, view == pb.TASK_VIEW_FULL, digest)
+    return TaskPage(query, order, after, size, bool(full), digest)
 
 
 def task_position(row_value: Any, row_task_id: str) -> list[Any]:
@@ -288,12 +337,17 @@ def task_position(row_value: Any, row_task_id: str) -> list[Any]:
 
 
 def order_by(text: str) -> SortOrder:
-    words = text.replace(",", " , ").split()
+    words = text[: MAX_ORDER_BY_LENGTH + 1].replace(",", " , ").split()
     if not words:
         return SortOrder()
     field = words[0]
     direction = words[1].lower() if len(words) == 2 else "asc"
-    if field not in SORT_FIELDS or len(words) > 2 or direction not in ("asc", "desc"):
+    if (
+        len(text) > MAX_ORDER_BY_LENGTH
+        or field not in SORT_FIELDS
+        or len(words) > 2
+        or direction not in ("asc", "desc")
+    ):
         raise InvalidArgument.one(
             "order_by",
             "must be one of created_at, updated_at, priority, optionally followed by asc or desc",
@@ -316,6 +370,8 @@ def list_task_events(request: pb.ListTaskEventsRequest, tokens: PageTokens) -> E
     size = page_size(request.page_size)
     digest = fingerprint(the_id, types)
     after = 0
+    if len(request.page_token) > MAX_PAGE_TOKEN_LENGTH:
+        raise InvalidArgument.one("page_token", "is not a page token this service issued")
     if request.page_token:
         position = tokens.decode(request.page_token, digest)
         if len(position) != 1 or not isinstance(position[0], int):
@@ -324,12 +380,14 @@ def list_task_events(request: pb.ListTaskEventsRequest, tokens: PageTokens) -> E
     return EventPage(the_id, types, after, size, digest)
 
 
-def event_types(values: Iterable[str], field: str = "event_types") -> tuple[str, ...]:
-    unknown = sorted(set(values) - EVENT_TYPES)
+def event_types(values: Sequence[str], field: str = "event_types") -> tuple[str, ...]:
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidArgument.one(field, f"at most {MAX_FILTER_VALUES} values")
+    unknown = set(values) - EVENT_TYPES
     if unknown:
         raise InvalidArgument.one(
             field,
-            f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(sorted(EVENT_TYPES))}",
+            f"unknown event type(s) {_echo(unknown)}; known: {', '.join(sorted(EVENT_TYPES))}",
         )
     return tuple(sorted(set(values)))
 

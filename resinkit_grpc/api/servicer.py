@@ -47,7 +47,8 @@ class TaskService(pb_grpc.TaskServiceServicer):
 
     @translate_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
-        full = request.view != pb.TASK_VIEW_BASIC
+        # Unset is FULL for GetTask.
+        full = request.view == pb.TASK_VIEW_UNSPECIFIED or parse.view(request.view)
         row = await self._db.read(tasks.get_task, parse.task_id(request.task_id), full=full)
         return task_to_proto(row)
 
@@ -89,7 +90,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
     @translate_errors
     async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Context) -> pb.Task:
         task_id = parse.task_id(request.task_id)
-        row = await self._db.write(tasks.delete_task, task_id, parse.optional_text(request.etag))
+        row = await self._db.write(tasks.delete_task, task_id, parse.etag(request.etag))
         return task_to_proto(row)
 
     @translate_errors

@@ -22,6 +22,7 @@ from resinkit_grpc.errors import (
     TaskAlreadyExists,
     TaskNotFound,
     TaskStateConflict,
+    api_name,
 )
 from resinkit_grpc.watch.items import Ended, EndReason
 
@@ -76,9 +77,9 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
             code, reason = code_pb2.ABORTED, "ETAG_MISMATCH"
         case InvalidTransition():
             code, reason = code_pb2.FAILED_PRECONDITION, "INVALID_STATUS_TRANSITION"
-            metadata["current_status"] = error.current.value
-            metadata["requested_status"] = error.requested.value
-            metadata["allowed_next_statuses"] = ",".join(s.value for s in error.allowed)
+            metadata["current_status"] = api_name(error.current)
+            metadata["requested_status"] = api_name(error.requested)
+            metadata["allowed_next_statuses"] = ",".join(map(api_name, error.allowed))
             details.append(
                 error_details_pb2.PreconditionFailure(
                     violations=[

@@ -343,7 +343,7 @@ def _current(connection: Connection, task_id: str, etag: str | None) -> TaskReco
     if record is None:
         raise TaskNotFound(task_id)
     if etag and etag != etag_of(record["version"]):
-        raise EtagMismatch(task_id, etag)
+        raise EtagMismatch(task_id)
     return record
 
 

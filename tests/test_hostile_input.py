@@ -1,0 +1,211 @@
+"""Hostile input through a real server: whatever a caller sends, the answer is a clear
+INVALID_ARGUMENT naming the field, small enough to reach the caller (gRPC drops trailers over
+16 KiB and the caller would see RESOURCE_EXHAUSTED "Stream removed" instead), and nothing is
+written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from tests.rpc import create, detail, error_reason, rpc_error, status_of, violated_fields
+
+# What a status may take of the trailers: far below gRPC's 16 KiB hard limit.
+MAX_STATUS_BYTES = 8 * 1024
+
+
+def invalid(call: Callable[[], Any], field: str) -> grpc.RpcError:
+    """Asserts `call` is INVALID_ARGUMENT naming `field`, with a bounded status."""
+    error = rpc_error(call, grpc.StatusCode.INVALID_ARGUMENT)
+    assert field in violated_fields(error), violated_fields(error)
+    assert len(status_of(error).SerializeToString()) < MAX_STATUS_BYTES
+    assert len(error.details() or "") <= 1024
+    return error
+
+
+def test_a_huge_etag_is_invalid_and_the_error_reaches_the_caller(stub: Any) -> None:
+    task = create(stub)
+    invalid(
+        lambda: stub.UpdateTask(
+            pb.UpdateTaskRequest(task=pb.Task(task_id=task.task_id, priority=1, etag="e" * 10_000))
+        ),
+        "task.etag",
+    )
+    invalid(
+        lambda: stub.DeleteTask(pb.DeleteTaskRequest(task_id=task.task_id, etag="e" * 10_000)),
+        "etag",
+    )
+    invalid(
+        lambda: stub.UpdateTaskStatus(
+            pb.UpdateTaskStatusRequest(
+                task_id=task.task_id, status=pb.TASK_STATUS_RUNNING, etag="e" * 10_000
+            )
+        ),
+        "etag",
+    )
+    assert stub.GetTask(pb.GetTaskRequest(task_id=task.task_id)) == task  # nothing written
+
+
+def test_twenty_thousand_unknown_event_types_are_one_bounded_error(stub: Any) -> None:
+    many = [f"NO_SUCH_TYPE_{n}" for n in range(20_000)]
+    invalid(lambda: stub.ListTaskEvents(pb.ListTaskEventsRequest(event_types=many)), "event_types")
+    error = invalid(
+        lambda: list(stub.WatchTaskEvents(pb.WatchTaskEventsRequest(event_types=many), timeout=10)),
+        "event_types",
+    )
+    assert error_reason(error) == "INVALID_ARGUMENT"
+
+
+def test_limits_on_filter_lists_are_enforced(stub: Any) -> None:
+    invalid(
+        lambda: stub.ListTasks(
+            pb.ListTasksRequest(filter=pb.TaskFilter(statuses=[pb.TASK_STATUS_RUNNING] * 101))
+        ),
+        "filter.statuses",
+    )
+    invalid(
+        lambda: stub.ListTaskEvents(pb.ListTaskEventsRequest(event_types=["CREATED"] * 101)),
+        "event_types",
+    )
+    # At the limit, fine.
+    stub.ListTasks(
+        pb.ListTasksRequest(filter=pb.TaskFilter(statuses=[pb.TASK_STATUS_RUNNING] * 100))
+    )
+    stub.ListTaskEvents(pb.ListTaskEventsRequest(event_types=["CREATED"] * 100))
+
+
+def test_two_hundred_thousand_unknown_statuses_are_one_bounded_error(stub: Any) -> None:
+    statuses: Any = [99 + n % 1000 for n in range(200_000)]
+    invalid(
+        lambda: stub.ListTasks(pb.ListTasksRequest(filter=pb.TaskFilter(statuses=statuses))),
+        "filter.statuses",
+    )
+    few: Any = [99, 100, 101]
+    error = invalid(
+        lambda: stub.ListTasks(pb.ListTasksRequest(filter=pb.TaskFilter(statuses=few))),
+        "filter.statuses",
+    )
+    bad_request = detail(error, error_details_pb2.BadRequest)
+    assert len(bad_request.field_violations) == 3  # each named while they are few
+
+
+def test_thousands_of_bad_mask_paths_are_one_bounded_error(stub: Any) -> None:
+    task = create(stub)
+    for paths in (
+        [f"no_such_field_{n}" for n in range(5_000)],
+        ["x" * 10_000 + str(n) for n in range(30)],  # few, but each enormous
+    ):
+        invalid(
+            lambda paths=paths: stub.UpdateTask(
+                pb.UpdateTaskRequest(
+                    task=pb.Task(task_id=task.task_id, priority=2),
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
+                )
+            ),
+            "update_mask",
+        )
+
+
+def test_a_non_numeric_task_timeout_is_invalid_not_internal(stub: Any) -> None:
+    for bad in ("soon", True, [], {"s": 1}, -1, 0):
+        invalid(
+            lambda bad=bad: create(stub, submitted_configs={"task_timeout_seconds": bad}),
+            "task.submitted_configs.task_timeout_seconds",
+        )
+    made = create(stub, submitted_configs={"task_timeout_seconds": 90.5})
+    assert made.submitted_configs["task_timeout_seconds"] == 90.5
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda stub: stub.GetTask(pb.GetTaskRequest(task_id="any", view=7)), "view"),
+        (lambda stub: stub.ListTasks(pb.ListTasksRequest(view=9)), "view"),
+        (
+            lambda stub: stub.UpdateTaskStatus(
+                pb.UpdateTaskStatusRequest(task_id="any", status=99)
+            ),
+            "status",
+        ),
+    ],
+)
+def test_every_enum_in_a_request_is_checked_alike(
+    stub: Any, call: Callable[[Any], Any], field: str
+) -> None:
+    invalid(lambda: call(stub), field)
+
+
+def test_transition_errors_name_statuses_as_the_api_does(stub: Any) -> None:
+    task = create(stub)
+    stub.UpdateTaskStatus(
+        pb.UpdateTaskStatusRequest(task_id=task.task_id, status=pb.TASK_STATUS_COMPLETED)
+    )
+    error = rpc_error(
+        lambda: stub.UpdateTaskStatus(
+            pb.UpdateTaskStatusRequest(task_id=task.task_id, status=pb.TASK_STATUS_RUNNING)
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    info = detail(error, error_details_pb2.ErrorInfo)
+    assert info.metadata["current_status"] == "TASK_STATUS_COMPLETED"
+    assert info.metadata["requested_status"] == "TASK_STATUS_RUNNING"
+    assert "TASK_STATUS_COMPLETED" in (error.details() or "")
+
+
+hostile_text = st.one_of(
+    st.text(max_size=50),
+    st.text(alphabet="\x00a", min_size=1, max_size=5),
+    st.builds(lambda n, c: c * n, st.integers(1_000, 60_000), st.sampled_from("x\x00é")),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    etag=hostile_text,
+    paths=st.lists(hostile_text, max_size=40),
+    event_types=st.lists(hostile_text, max_size=300),
+    order_by=hostile_text,
+    page_token=hostile_text,
+)
+def test_no_hostile_request_is_answered_with_more_than_a_bounded_invalid_argument(
+    stub: Any,
+    etag: str,
+    paths: list[str],
+    event_types: list[str],
+    order_by: str,
+    page_token: str,
+) -> None:
+    calls = [
+        lambda: stub.UpdateTask(
+            pb.UpdateTaskRequest(
+                task=pb.Task(task_id="hostile-target", priority=1, etag=etag),
+                update_mask=field_mask_pb2.FieldMask(paths=paths),
+            )
+        ),
+        lambda: stub.ListTaskEvents(
+            pb.ListTaskEventsRequest(event_types=event_types, page_token=page_token)
+        ),
+        lambda: stub.ListTasks(pb.ListTasksRequest(order_by=order_by, page_token=page_token)),
+        lambda: stub.DeleteTask(pb.DeleteTaskRequest(task_id="hostile-target", etag=etag)),
+    ]
+    for call in calls:
+        try:
+            call()
+        except grpc.RpcError as error:
+            # Never INTERNAL, UNKNOWN or a status too large to arrive.
+            assert error.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.ABORTED,
+            ), (error.code(), (error.details() or "")[:200])
+            assert len(status_of(error).SerializeToString()) < MAX_STATUS_BYTES
