@@ -135,8 +135,11 @@ class StreamCore(RuleBasedStateMachine):
         start=st.sampled_from(["live", "zero", "inside", "beyond"]),
         pick=st.integers(0, 10**6),
         until=st.booleans(),
+        lag=st.integers(0, 4),
     )
-    def open_stream(self, event_filter: EventFilter, start: str, pick: int, until: bool) -> None:
+    def open_stream(
+        self, event_filter: EventFilter, start: str, pick: int, until: bool, lag: int
+    ) -> None:
         after = {
             "live": self.log_end,
             "zero": 0,
@@ -146,7 +149,7 @@ class StreamCore(RuleBasedStateMachine):
         watched = None
         if until and len(event_filter.task_ids) == 1:
             (watched,) = event_filter.task_ids
-        self._open(Stream(event_filter, after, watched))
+        self._open(Stream(event_filter, after, watched), lag)
 
     @rule(index=st.integers(0, 10**6), pick=st.integers(0, 10**6))
     def resume_from_an_emitted_position(self, index: int, pick: int) -> None:
@@ -190,36 +193,50 @@ class StreamCore(RuleBasedStateMachine):
 
     # -- how Watches.stream opens a stream, replaying from the table ----------------------
 
-    def _open(self, stream: Stream) -> None:
+    def _open(self, stream: Stream, lag: int = 0) -> None:
+        """Replays from a snapshot of the table `lag` events old (the tail may have read past
+        it meanwhile), joins the fan-out at its position and reads the gap from the table."""
         self.streams.append(stream)
-        upper = self.log_end
+        upper = self.log[-1 - lag].event_id if len(self.log) > lag else 0
+        if self._replay(stream, stream.start, upper):
+            return
+        cursor = max(stream.start, upper)
+        if stream.until is not None and any(
+            e.task_id == stream.until and e.ends_task and e.event_id <= upper for e in self.log
+        ):
+            stream.items.append(Ended(EndReason.FINISHED, cursor))  # ended before its start
+            stream.done = True
+            return
+        joined_at = max(upper, self.fanout.position)  # within the log, unlike the cursor
+        subscription = Subscription(
+            stream.filter,
+            max(cursor, joined_at),
+            max_events=self.max_events,
+            max_bytes=self.max_bytes,
+            until_terminal=stream.until,
+            position=lambda: self.fanout.position,
+        )
+        subscription.taken = cursor
+        self.fanout.subscribe(subscription, joined_at)
+        stream.subscription = subscription
+        if self._replay(stream, cursor, joined_at):  # the gap
+            self.fanout.unsubscribe(subscription)
+            return
+        subscription.handed(max(cursor, joined_at))
+        stream.items += subscription.take(mark=True)
+
+    def _replay(self, stream: Stream, after: int, upper: int) -> bool:
+        """Appends the matching log in (after, upper]; True if the watched task ended there."""
         for event in self.log:
-            if not stream.start < event.event_id <= upper:
+            if not after < event.event_id <= upper:
                 continue
             if stream.filter.matches(event):
                 stream.items.append(event)
             if stream.until == event.task_id and event.ends_task:
                 stream.items.append(Ended(EndReason.FINISHED, event.event_id))
                 stream.done = True
-                return
-        cursor = max(stream.start, upper)
-        if stream.until is not None and any(
-            e.task_id == stream.until and e.ends_task for e in self.log
-        ):
-            stream.items.append(Ended(EndReason.FINISHED, cursor))  # ended before its start
-            stream.done = True
-            return
-        subscription = Subscription(
-            stream.filter,
-            cursor,
-            max_events=self.max_events,
-            max_bytes=self.max_bytes,
-            until_terminal=stream.until,
-            position=lambda: self.fanout.position,
-        )
-        self.fanout.subscribe(subscription, upper)
-        stream.subscription = subscription
-        stream.items += subscription.take(mark=True)
+                return True
+        return False
 
     def _live(self, index: int) -> Stream | None:
         live = [s for s in self.streams if not s.done]

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 class Database:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.writer_engine: Engine
         self.reader_engine: Engine
         self.writer_engine, self.reader_engine = create_engines(settings)

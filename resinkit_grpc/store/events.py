@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Row,
     Select,
@@ -196,7 +197,7 @@ def _log_page(task_ids: bool, task_types: bool, event_types: bool, bounded: bool
     )
     return Prepared(
         select(*(sized.c[column.name] for column in page.c), sized.c.page_rows)
-        .where(sized.c.running - sized.c.data_size < bindparam("max_bytes"))
+        .where(sized.c.running - sized.c.data_size < bindparam("max_bytes", type_=BigInteger))
         .order_by(sized.c.event_id)
     )
 
@@ -278,6 +279,7 @@ def read_replay_page(
     connection: Connection,
     *,
     after_event_id: int,
+    up_to_event_id: int | None = None,
     limit: int,
     max_bytes: int,
     task_ids: Sequence[str],
@@ -285,8 +287,8 @@ def read_replay_page(
     event_types: Sequence[str],
     state_of: str | None,
 ) -> ReplayPage:
-    """Matching events after `after_event_id` (see read_log), and how far the page covers the
-    log.
+    """Matching events after `after_event_id` (see read_log), up to `up_to_event_id` or the
+    end of the log, and how far the page covers it.
 
     Correct because the visible events always form a prefix of the id order (see append_event):
     nothing at or below `upper` can still appear after it was read."""
@@ -300,6 +302,8 @@ def read_replay_page(
         if found is not None:
             task = TaskState(found.status, bool(found.active))
     upper = last_event_id(connection)
+    if up_to_event_id is not None:
+        upper = min(upper, up_to_event_id)
     page = read_log(
         connection,
         after_event_id=after_event_id,

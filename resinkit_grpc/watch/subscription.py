@@ -68,30 +68,37 @@ class Subscription:
         if events and events[0].event_id <= self.cursor:  # joined inside this batch
             events = [event for event in events if event.event_id > self.cursor]
             size = sum(event.size for event in events)
-        if ending_at is not None:
-            if ending_at <= self.cursor:
-                ending_at = None  # handed over already: the stream ended there
-            else:
-                if events and events[-1].event_id > ending_at:
-                    events = [event for event in events if event.event_id <= ending_at]
-                    size = sum(event.size for event in events)
-                self._finished = True
+        finishes = False
+        if ending_at is not None and ending_at > self.cursor:  # else handed over already
+            finishes = True
+            if events and events[-1].event_id > ending_at:
+                events = [event for event in events if event.event_id <= ending_at]
+                size = sum(event.size for event in events)
         if events:
+            # A stream whose queue is empty keeps up: it takes a whole batch, however large
+            # (the fan-out's batches are bounded, and shared by every stream). One that still
+            # holds events falls behind once they pass either bound.
             count = len(self._queue) + len(events)
             queued_bytes = self._queued_bytes + size
-            # One event alone always fits, however large: otherwise it could never be sent.
-            if count > self.max_events or (queued_bytes > self.max_bytes and count > 1):
+            if self._queue and (count > self.max_events or queued_bytes > self.max_bytes):
                 self.end(EndReason.SLOW_CONSUMER)
                 return False
             self._queue.extend(events)
             self._queued_bytes = queued_bytes
             self._wakeup.set()
-        if self._finished:
-            self.cursor = max(self.cursor, ending_at or 0)
+        if finishes:
+            assert ending_at is not None
+            self._finished = True
+            self.cursor = ending_at
             self._wakeup.set()
             return False
         self.cursor = max(self.cursor, batch_end)
         return True
+
+    def handed(self, position: int) -> None:
+        """The stream handed over, itself, every matching event up to `position` (the events
+        it read from the table between joining and taking its first live batch)."""
+        self.taken = max(self.taken, position)
 
     def end(self, reason: EndReason) -> None:
         """Ends the stream early: what is queued is dropped; it resumes after `taken`."""

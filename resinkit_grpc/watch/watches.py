@@ -68,65 +68,65 @@ class Watches:
         subscription: Subscription | None = None
         try:
             cursor = after if after is not None else await self._db.read(events.last_event_id)
-            replayed_to = 0  # how far this stream has read the log itself
-            event_filter = request.filter
-            # An until_terminal stream reads all of its task's events, so that it sees the one
-            # that ends the task even when its filter hides it.
-            sql_filter = EventFilter(frozenset((until,))) if until else event_filter
+            # Replay: read the table after the cursor until a page reaches the end of the log.
             first = True
-            # Replay: read the table after the cursor until caught up with the tail.
+            replayed_to = 0  # how far this stream has read the log: never beyond its end
             while True:
-                page = await self._db.read(
-                    events.read_replay_page,
-                    after_event_id=cursor,
-                    limit=REPLAY_PAGE,
-                    max_bytes=self._settings.watch_buffer_bytes,
-                    task_ids=sorted(sql_filter.task_ids),
-                    task_types=sorted(sql_filter.task_types),
-                    event_types=sorted(sql_filter.event_types),
-                    state_of=until,
-                )
+                page = await self._replay_page(request, cursor, upper=None)
                 if first and until and page.task is None and not request.wait_for_creation:
                     raise TaskNotFound(until)
                 first = False
-                batch: list[Item] = []
-                for row in page.events:
-                    event = log_event(row)
-                    if not until or event_filter.matches(event):
-                        batch.append(event)
-                    if until and event.ends_task:
-                        batch.append(Ended(EndReason.FINISHED, event.event_id))
-                        yield batch
-                        return
+                items = self._replayed(request, page)
                 replayed_to = max(replayed_to, page.scanned_to)
                 # A client may name a position beyond the log; it still gets nothing before it.
                 cursor = max(cursor, page.scanned_to)
-                if self._closing:
-                    batch.append(Ended(EndReason.SHUTTING_DOWN, cursor))
-                    yield batch
+                if _ends(items):
+                    yield items
                     return
-                if batch:
-                    yield batch
-                if not page.complete:
-                    continue
-                if until and page.task is not None and _has_ended(page.task):
-                    # Its ending event lies at or before the position the stream started from.
-                    yield [Ended(EndReason.FINISHED, cursor)]
-                    return
-                # No await between this check and subscribe(): the tail cannot move in
-                # between, so the live feed starts exactly where the replay stopped.
-                if replayed_to >= self.tail.position:
+                if page.complete:
+                    if until and page.task is not None and _has_ended(page.task):
+                        # Its ending event lies at or before the position the stream began at.
+                        yield [*items, Ended(EndReason.FINISHED, cursor)]
+                        return
                     break
+                if items:
+                    yield items
+                if self._closing:
+                    yield [Ended(EndReason.SHUTTING_DOWN, cursor)]
+                    return
+            # Join the live feed, with no await since the closing check: close() cannot miss
+            # this stream. The tail may have passed the replay's end meanwhile; the stream
+            # takes the feed from the tail's position and reads the gap from the table itself.
+            if self._closing:
+                yield [*items, Ended(EndReason.SHUTTING_DOWN, cursor)]
+                return
+            joined_at = max(replayed_to, self.tail.position)
             subscription = Subscription(
-                event_filter,
-                cursor,
+                request.filter,
+                max(cursor, joined_at),
                 max_events=self._settings.watch_buffer,
                 max_bytes=self._settings.watch_buffer_bytes,
                 until_terminal=until,
                 position=lambda: self.tail.position,
             )
-            self.tail.subscribe(subscription, replayed_to)
+            subscription.taken = cursor
+            self.tail.subscribe(subscription, joined_at)
             self._live.add(subscription)
+            if items:
+                yield items
+            while cursor < joined_at:
+                page = await self._replay_page(request, cursor, upper=joined_at)
+                items = self._replayed(request, page)
+                cursor = page.scanned_to
+                if _ends(items):
+                    yield items
+                    return
+                if items:
+                    yield items
+                subscription.handed(cursor)
+                if self._closing:
+                    yield [Ended(EndReason.SHUTTING_DOWN, cursor)]
+                    return
             yield subscription.take(mark=True)  # the stream is live from here
             interval = self._settings.heartbeat_interval
             while True:
@@ -139,6 +139,43 @@ class Watches:
             if subscription is not None:
                 self.tail.unsubscribe(subscription)
                 self._live.discard(subscription)
+
+    async def _replay_page(
+        self, request: WatchRequest, after: int, upper: int | None
+    ) -> events.ReplayPage:
+        until = request.until_terminal
+        # An until_terminal stream reads all of its task's events, so that it sees the one that
+        # ends the task even when its filter hides it.
+        sql_filter = EventFilter(frozenset((until,))) if until else request.filter
+        return await self._db.read(
+            events.read_replay_page,
+            after_event_id=after,
+            up_to_event_id=upper,
+            limit=REPLAY_PAGE,
+            max_bytes=self._settings.watch_buffer_bytes,
+            task_ids=sorted(sql_filter.task_ids),
+            task_types=sorted(sql_filter.task_types),
+            event_types=sorted(sql_filter.event_types),
+            state_of=until,
+        )
+
+    @staticmethod
+    def _replayed(request: WatchRequest, page: events.ReplayPage) -> list[Item]:
+        """A replay page as items; for until_terminal, cut after the task's ending event."""
+        until = request.until_terminal
+        items: list[Item] = []
+        for row in page.events:
+            event = log_event(row)
+            if not until or request.filter.matches(event):
+                items.append(event)
+            if until and event.ends_task:
+                items.append(Ended(EndReason.FINISHED, event.event_id))
+                break
+        return items
+
+
+def _ends(items: list[Item]) -> bool:
+    return bool(items) and isinstance(items[-1], Ended)
 
 
 def _has_ended(task: events.TaskState) -> bool:
