@@ -8,11 +8,12 @@ import argparse
 import asyncio
 import faulthandler
 import logging
+import math
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -24,61 +25,144 @@ from resinkit_grpc.store.migrations import SchemaTooNew, migrate
 
 DEFAULTS = Settings()
 
-# (flag, Settings field, type, help). The environment variable is RESINKIT_<FIELD>.
-OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
-    ("--address", "address", str, "HOST:PORT to listen on (port 0 picks a free one)"),
-    (
+
+def between(low: float, high: float) -> Callable[[Any], str | None]:
+    """A number within [low, high] (finite: NaN and infinities are refused)."""
+
+    def check(value: Any) -> str | None:
+        if math.isfinite(value) and low <= value <= high:
+            return None
+        return f"must be between {_number(low)} and {_number(high)}"
+
+    return check
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value.upper() in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def host_and_port(value: Any) -> str | None:
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit() and int(port) <= 65535:
+        return None
+    return "must be HOST:PORT (port 0 to 65535)"
+
+
+def non_empty(value: Any) -> str | None:
+    return None if value else "must not be empty"
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    field: str  # the Settings field; the environment variable is RESINKIT_<FIELD>
+    kind: Callable[[str], Any]
+    help: str
+    check: Callable[[Any], str | None]  # None when the value is in range, else why not
+
+
+OPTIONS = [
+    Option(
+        "--address",
+        "address",
+        str,
+        "HOST:PORT to listen on (port 0 picks a free one)",
+        host_and_port,
+    ),
+    Option(
         "--database-url",
         "database_url",
         str,
         "SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://...",
+        non_empty,
     ),
-    ("--grace-period", "grace_period", float, "seconds in-flight RPCs get to finish on shutdown"),
-    ("--read-threads", "read_threads", int, "threads running read transactions"),
-    (
+    Option(
+        "--grace-period",
+        "grace_period",
+        float,
+        "seconds in-flight RPCs get to finish on shutdown (0 to 3600)",
+        between(0, 3600),
+    ),
+    Option(
+        "--read-threads",
+        "read_threads",
+        int,
+        "threads running read transactions (1 to 64)",
+        between(1, 64),
+    ),
+    Option(
         "--loop-read-budget",
         "loop_read_budget",
         float,
-        "SQLite: milliseconds a read may run on the event loop before it moves to a read thread",
+        "SQLite: milliseconds a read may run on the event loop before it moves to a read "
+        "thread (0 to 1000)",
+        between(0, 1000),
     ),
-    (
+    Option(
         "--sqlite-busy-timeout",
         "sqlite_busy_timeout",
         float,
-        "SQLite: seconds to wait for another process's write lock",
+        "SQLite: seconds to wait for another process's write lock (0 to 3600)",
+        between(0, 3600),
     ),
-    (
+    Option(
         "--sqlite-synchronous",
         "sqlite_synchronous",
         str,
         "SQLite: NORMAL (fast, WAL) or FULL (fsync every commit)",
+        one_of("NORMAL", "FULL"),
     ),
-    (
+    Option(
         "--pool-timeout",
         "pool_timeout",
         float,
-        "PostgreSQL: seconds to wait for a pooled connection",
+        "PostgreSQL: seconds to wait for a pooled connection (0.1 to 3600)",
+        between(0.1, 3600),
     ),
-    (
+    Option(
         "--heartbeat-interval",
         "heartbeat_interval",
         float,
-        "WatchTaskEvents: seconds between heartbeats",
+        "WatchTaskEvents: seconds between heartbeats (0.001 to 3600)",
+        between(0.001, 3600),
     ),
-    ("--max-watchers", "max_watchers", int, "WatchTaskEvents: concurrent streams allowed"),
-    (
+    Option(
+        "--max-watchers",
+        "max_watchers",
+        int,
+        "WatchTaskEvents: concurrent streams allowed (1 to 100000)",
+        between(1, 100_000),
+    ),
+    Option(
         "--watch-buffer",
         "watch_buffer",
         int,
-        "WatchTaskEvents: events buffered per stream before a slow reader is cut off",
+        "WatchTaskEvents: events buffered per stream before a slow reader is cut off "
+        "(10 to 1000000)",
+        between(10, 1_000_000),
     ),
-    (
+    Option(
         "--watch-buffer-bytes",
         "watch_buffer_bytes",
         int,
-        "WatchTaskEvents: bytes of events buffered per stream before a slow reader is cut off",
+        "WatchTaskEvents: bytes of events buffered per stream before a slow reader is cut off "
+        "(65536 to 1073741824)",
+        between(64 * 1024, 1024**3),
     ),
-    ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+    Option(
+        "--log-level",
+        "log_level",
+        str,
+        "DEBUG, INFO, WARNING or ERROR",
+        one_of("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
 ]
 
 
@@ -94,36 +178,40 @@ def build_parser() -> argparse.ArgumentParser:
         ("migrate", "upgrade the database to this version's schema and exit"),
     ):
         command = commands.add_parser(name, help=help_text)
-        for flag, field, kind, help_line in OPTIONS:
-            default = getattr(DEFAULTS, field)
+        for option in OPTIONS:
+            default = getattr(DEFAULTS, option.field)
             command.add_argument(
-                flag,
-                dest=field,
-                type=kind,
+                option.flag,
+                dest=option.field,
+                type=option.kind,
                 default=None,
-                help=f"{help_line} [{env_name(field)}, default {default}]",
+                help=f"{option.help} [{env_name(option.field)}, default {default}]",
             )
     return parser
 
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """The Settings of flags, else environment variables, else defaults; a value out of its
+    documented range stops the command with one line naming the flag or variable."""
     values: dict[str, Any] = {}
-    kinds = {field: kind for _, field, kind, _ in OPTIONS}
-    for item in fields(Settings):
-        given = getattr(args, item.name, None)
-        if given is None and env_name(item.name) in environ:
-            raw = environ[env_name(item.name)]
+    for option in OPTIONS:
+        given = getattr(args, option.field, None)
+        source = option.flag
+        if given is None and env_name(option.field) in environ:
+            source = env_name(option.field)
+            raw = environ[source]
             try:
-                given = kinds[item.name](raw)
+                given = option.kind(raw)
             except ValueError:
-                message = f"resinkit-grpc: error: {env_name(item.name)}={raw!r} is not valid"
-                raise SystemExit(message) from None
-        if given is not None:
-            values[item.name] = given
-    settings = Settings(**values)
-    if settings.sqlite_synchronous.upper() not in ("NORMAL", "FULL"):
-        raise SystemExit("resinkit-grpc: error: --sqlite-synchronous must be NORMAL or FULL")
-    return settings
+                raise SystemExit(f"resinkit-grpc: error: {source}={raw!r} is not valid") from None
+        if given is None:
+            continue
+        problem = option.check(given)
+        if problem is not None:
+            raise SystemExit(f"resinkit-grpc: error: {source} {problem} (got {given!r})")
+        values[option.field] = given
+    assert {option.field for option in OPTIONS} == {item.name for item in fields(Settings)}
+    return Settings(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -171,3 +171,48 @@ def test_an_invalid_environment_value_is_one_clear_line() -> None:
     assert (
         result.stderr.strip() == "resinkit-grpc: error: RESINKIT_READ_THREADS='many' is not valid"
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--heartbeat-interval", "0"),  # would busy-loop heartbeats
+        ("--heartbeat-interval", "nan"),
+        ("--watch-buffer", "0"),  # would cut every stream at its first event
+        ("--watch-buffer-bytes", "100"),
+        ("--log-level", "bogus"),
+        ("--read-threads", "0"),
+        ("--max-watchers", "-1"),
+        ("--grace-period", "inf"),
+        ("--pool-timeout", "0"),
+        ("--sqlite-busy-timeout", "-5"),
+        ("--loop-read-budget", "-1"),
+        ("--sqlite-synchronous", "sometimes"),
+        ("--address", "no-port"),
+        ("--address", "127.0.0.1:70000"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_one_line_naming_the_flag(
+    flag: str, value: str, tmp_path: Path
+) -> None:
+    result = run_cli("serve", flag, value, "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"resinkit-grpc: error: {flag} must be "), lines[0]
+    assert not (tmp_path / "x.db").exists()  # refused before anything was touched
+
+
+def test_a_setting_out_of_range_in_the_environment_names_the_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "resinkit_grpc", "migrate"],
+        env={**os.environ, "RESINKIT_WATCH_BUFFER": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "resinkit-grpc: error: RESINKIT_WATCH_BUFFER must be between 10 and 1000000 (got 0)"
+    )
