@@ -120,6 +120,22 @@ OPTIONS = [
         one_of("NORMAL", "FULL"),
     ),
     Option(
+        "--max-queued-writes",
+        "max_queued_writes",
+        int,
+        "writes waiting for the writer beyond which new ones are refused (UNAVAILABLE, "
+        "OVERLOADED) (1 to 1000000)",
+        between(1, 1_000_000),
+    ),
+    Option(
+        "--max-concurrent-rpcs",
+        "max_concurrent_rpcs",
+        int,
+        "RPCs in progress at once, streams included, beyond which new ones are refused "
+        "(RESOURCE_EXHAUSTED) (1 to 1000000)",
+        between(1, 1_000_000),
+    ),
+    Option(
         "--pool-timeout",
         "pool_timeout",
         float,

@@ -22,6 +22,12 @@ class Settings:
     # SQLite: NORMAL (WAL: durable against process crashes, may lose the last commits on power
     # loss) or FULL (fsync on every commit).
     sqlite_synchronous: str = "NORMAL"
+    # Writes waiting for the writer beyond which a write is refused at once (UNAVAILABLE,
+    # OVERLOADED, with RetryInfo): a retry storm is answered, not queued without end.
+    max_queued_writes: int = 10_000
+    # RPCs in progress at once (streams included) beyond which gRPC refuses new ones with
+    # RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 5_000
     # PostgreSQL: seconds to wait for a pooled connection before the call is UNAVAILABLE.
     pool_timeout: float = 10.0
     # WatchTaskEvents.

@@ -111,3 +111,7 @@ class TaskStateConflict(ResinkitError):
 
 class StorageUnavailable(ResinkitError):
     """The database could not be reached or was too busy; the call may be retried."""
+
+
+class Overloaded(ResinkitError):
+    """Too much work is waiting; nothing was done, and the call may be retried later."""

@@ -45,7 +45,9 @@ class Server:
         self.settings = settings
         self.database = Database(settings)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        self.grpc_server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.grpc_server = grpc.aio.server(
+            options=SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
+        )
         self.watches = Watches(self.database, settings)
         self.port = 0
 

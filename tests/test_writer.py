@@ -19,7 +19,7 @@ from resinkit_grpc.errors import StorageUnavailable, TaskAlreadyExists, TaskNotF
 from resinkit_grpc.store import migrations, tasks
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.events import events as events_table
-from resinkit_grpc.store.writer import TransactionAborted
+from resinkit_grpc.store.writer import GroupWriter, TransactionAborted
 
 
 @pytest.fixture
@@ -166,3 +166,110 @@ def test_an_operation_raising_stop_iteration_leaves_no_caller_waiting(database: 
     failed, neighbour = asyncio.run(scenario())
     assert isinstance(failed, RuntimeError) and "StopIteration" in str(failed)
     assert neighbour["task_id"] == "neighbour"
+
+
+def writer_for(database: Database, **options: Any) -> GroupWriter:
+    return GroupWriter(database.writer_engine, lambda: None, prepare=lambda c: None, **options)
+
+
+def test_a_write_whose_caller_has_gone_is_skipped(database: Database) -> None:
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        release, holding = await held_batch(database)
+        abandoned = asyncio.ensure_future(database.write(lambda c: ran.append("abandoned")))
+        kept = asyncio.ensure_future(database.write(lambda c: ran.append("kept")))
+        await asyncio.sleep(0.05)
+        abandoned.cancel()  # its deadline passed, say, while it waited
+        await asyncio.sleep(0.05)
+        release.set()
+        await holding
+        await kept
+        with contextlib.suppress(asyncio.CancelledError):
+            await abandoned
+
+    asyncio.run(scenario())
+    assert ran == ["kept"]
+
+
+def test_writes_beyond_the_queue_bound_are_refused_at_once(database: Database) -> None:
+    writer = writer_for(database, max_queued=5)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(connection: Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    async def scenario() -> list[str]:
+        holding = writer.submit(hold)
+        assert await asyncio.to_thread(started.wait, 10)
+        futures = [writer.submit(lambda c: "done") for _ in range(8)]
+        refused = [f for f in futures if f.done()]  # answered before the writer was free
+        release.set()
+        await holding
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        assert len(refused) == 3
+        return [
+            type(outcome).__name__ if isinstance(outcome, Exception) else outcome
+            for outcome in outcomes
+        ]
+
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        writer.close()
+    assert outcomes == ["done"] * 5 + ["Overloaded"] * 3
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_every_write_is_answered_after_the_writer_thread_dies(database: Database) -> None:
+    writer = writer_for(database)
+
+    def die(connection: Connection) -> None:
+        raise SystemExit("the writer thread dies")  # not an Exception: nothing catches it
+
+    async def scenario() -> None:
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(writer.submit(die), 10)
+        later = writer.submit(lambda c: "never")
+        async with asyncio.timeout(5):  # answered, not left waiting
+            with pytest.raises(StorageUnavailable):
+                await later
+
+    asyncio.run(scenario())
+    writer.close()
+
+
+def test_a_write_after_close_is_answered(database: Database) -> None:
+    writer = writer_for(database)
+    writer.close()
+
+    async def scenario() -> None:
+        with pytest.raises(StorageUnavailable):
+            await asyncio.wait_for(writer.submit(lambda c: "never"), 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_commit_listener_that_fails_neither_loses_the_write_nor_stops_the_writer(
+    database: Database,
+) -> None:
+    def explode() -> None:
+        raise RuntimeError("listener bug")
+
+    writer = GroupWriter(database.writer_engine, explode, prepare=lambda c: None)
+
+    async def scenario() -> list[Any]:
+        first = await asyncio.wait_for(
+            writer.submit(lambda c: tasks.create_task(c, new_task("listener-1"))), 10
+        )
+        second = await asyncio.wait_for(
+            writer.submit(lambda c: tasks.create_task(c, new_task("listener-2"))), 10
+        )
+        return [first["task_id"], second["task_id"]]
+
+    try:
+        assert asyncio.run(scenario()) == ["listener-1", "listener-2"]
+    finally:
+        writer.close()
+    assert database.run_read(events_of, "listener-1") == 1

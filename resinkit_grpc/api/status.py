@@ -17,6 +17,7 @@ from resinkit_grpc.errors import (
     EtagMismatch,
     InvalidArgument,
     InvalidTransition,
+    Overloaded,
     ResinkitError,
     StorageUnavailable,
     TaskAlreadyExists,
@@ -107,6 +108,9 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
         case StorageUnavailable():
             code, reason = code_pb2.UNAVAILABLE, "STORAGE_UNAVAILABLE"
             details.append(error_details_pb2.RetryInfo(retry_delay={"nanos": 200_000_000}))
+        case Overloaded():
+            code, reason = code_pb2.UNAVAILABLE, "OVERLOADED"
+            details.append(error_details_pb2.RetryInfo(retry_delay={"seconds": 1}))
         case _:
             code, reason = code_pb2.INTERNAL, "INTERNAL"
     details.insert(0, error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))

@@ -42,7 +42,10 @@ class Database:
         self.reader_engine: Engine
         self.writer_engine, self.reader_engine = create_engines(settings)
         self._writer = GroupWriter(
-            self.writer_engine, self._committed, prepare=events.serialize_appends
+            self.writer_engine,
+            self._committed,
+            prepare=events.serialize_appends,
+            max_queued=settings.max_queued_writes,
         )
         self._readers = ThreadPoolExecutor(
             settings.read_threads, thread_name_prefix="resinkit-read"

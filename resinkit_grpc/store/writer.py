@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from resinkit_grpc.errors import ResinkitError, StorageUnavailable
+from resinkit_grpc.errors import Overloaded, ResinkitError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,24 @@ class _BatchFailed(Exception):
 
 
 class GroupWriter:
+    """Every submitted operation is answered: with its outcome, with Overloaded when
+    `max_queued` operations wait already, with StorageUnavailable once the writer has stopped
+    (closed, or its thread died). An operation whose caller has gone (cancelled, deadline
+    passed) before its batch starts is skipped: nobody would learn of its outcome."""
+
     def __init__(
         self,
         engine: Engine,
         on_commit: Callable[[], None],
         prepare: Callable[[Connection], None],
+        *,
+        max_queued: int = 10_000,
     ) -> None:
         self._engine = engine
         self._on_commit = on_commit
         self._prepare = prepare
+        self._max_queued = max_queued
+        self._stopped = False
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._connection: Connection | None = None
         # Whether the last batch held a failing operation: the next one then starts isolated.
@@ -68,33 +77,61 @@ class GroupWriter:
     def submit(self, run: Callable[[Connection], Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Job(run, future, loop))
+        if self._stopped:
+            future.set_exception(_stopped())
+        elif self._queue.qsize() >= self._max_queued:
+            future.set_exception(Overloaded("too many writes are waiting; retry later"))
+        else:
+            self._queue.put(_Job(run, future, loop))
+            if self._stopped:  # it stopped while this was queued: nobody else will answer
+                self._answer_the_rest()
         return future
 
     def close(self) -> None:
-        """Commits what is queued, then stops the thread."""
+        """Commits what is queued, then stops the thread; later writes are answered
+        StorageUnavailable."""
         self._queue.put(None)
         self._thread.join()
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            job = self._queue.get()
-            if job is None:
+        try:
+            stopping = False
+            while not stopping:
+                job = self._queue.get()
+                if job is None:
+                    break
+                batch = [job]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    batch.append(more)
+                # Read across threads, a hint: at worst an abandoned operation still runs.
+                wanted = [job for job in batch if not job.future.done()]
+                if wanted:
+                    self._commit(wanted)
+        finally:
+            self._stopped = True
+            self._answer_the_rest()
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    self._connection.close()
+
+    def _answer_the_rest(self) -> None:
+        """Answers whatever is still queued once the writer has stopped (any thread)."""
+        left = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
                 break
-            batch = [job]
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
-            self._commit(batch)
-        if self._connection is not None:
-            self._connection.close()
+            if job is not None:
+                left.append(job)
+        _settle(left, [_stopped()] * len(left))
 
     def _commit(self, batch: list[_Job]) -> None:
         try:
@@ -105,9 +142,12 @@ class GroupWriter:
             return
         except BaseException:
             # Whatever kills this thread must not leave callers waiting forever.
-            _settle(batch, [StorageUnavailable("the writer stopped; retry later")] * len(batch))
+            _settle(batch, [_stopped()] * len(batch))
             raise
-        self._on_commit()
+        try:
+            self._on_commit()
+        except Exception:  # a listener's bug: the batch committed all the same
+            log.exception("a commit listener failed")
         _settle(batch, outcomes)
 
     def _transaction(self, batch: list[_Job]) -> list[Any]:
@@ -193,6 +233,10 @@ class GroupWriter:
                 self._connection.invalidate()
                 self._connection.close()
             self._connection = None
+
+
+def _stopped() -> StorageUnavailable:
+    return StorageUnavailable("the writer has stopped; retry later")
 
 
 class TransactionAborted(RuntimeError):
