@@ -12,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from resinkit_grpc.api.gate import ShutdownGate, drain
+from resinkit_grpc.api.health import Health
 from resinkit_grpc.api.page_tokens import PageTokens
 from resinkit_grpc.api.registration import add_task_service
 from resinkit_grpc.api.servicer import TaskService
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # gen0 allocations before a collection (default 700), and how often older generations follow.
 GC_THRESHOLDS = (50_000, 20, 100)
+# Once the gate is closed, how long no call must arrive before the server stops.
+GATE_QUIET_SECONDS = 0.1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
 SERVER_OPTIONS = [
     # Never share a port with another process: a second server on the same address must fail.
@@ -44,9 +48,12 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.database = Database(settings)
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.health = Health()
+        self.gate = ShutdownGate()
         self.grpc_server = grpc.aio.server(
-            options=SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
+            options=SERVER_OPTIONS,
+            interceptors=[self.gate],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.watches = Watches(self.database, settings)
         self.port = 0
@@ -79,10 +86,15 @@ class Server:
         print(f"serving on {host}:{self.port}", flush=True)
 
     async def stop(self) -> None:
+        # From here every new call is UNAVAILABLE before it runs; calls already admitted go on.
+        self.gate.closed = True
         await self.health.enter_graceful_shutdown()
         # Streams never finish on their own: end them (UNAVAILABLE, resumable) so that the
         # grace period is spent on unary RPCs.
         await self.watches.close()
+        # New calls meet the gate (UNAVAILABLE) until they stop coming, rather than stop(),
+        # which cancels what its transport accepted: half the grace period at most.
+        await drain(self.gate, GATE_QUIET_SECONDS, self.settings.grace_period / 2)
         log.info("watch streams ended; waiting for in-flight RPCs")
         await self.grpc_server.stop(self.settings.grace_period)
         await asyncio.to_thread(self.database.close)
