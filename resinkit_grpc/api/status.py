@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from resinkit_grpc.errors import (
     TaskStateConflict,
     api_name,
 )
+from resinkit_grpc.store.engine import describe
 from resinkit_grpc.watch.items import Ended, EndReason
 
 DOMAIN = "resinkit.v1"
@@ -148,6 +150,14 @@ def watch_ending(ended: Ended) -> status_pb2.Status | None:
     return pack_status(code, message, [info])
 
 
+def log_unexpected(where: str, error: Exception) -> None:
+    """A bug, logged for the operator: its type and stack at ERROR, and its message, which may
+    quote what a caller sent, only at DEBUG."""
+    stack = "".join(traceback.format_tb(error.__traceback__))
+    log.error("unexpected error in %s: %s\n%s", where, describe(error), stack.rstrip())
+    log.debug("unexpected error in %s", where, exc_info=error)
+
+
 def internal_error() -> status_pb2.Status:
     return pack_status(
         code_pb2.INTERNAL,
@@ -181,8 +191,8 @@ async def translate_stream_errors(
         raise
     except ResinkitError as error:
         await abort(context, to_status(error))
-    except Exception:
-        log.exception("unexpected error in a stream")
+    except Exception as error:
+        log_unexpected("a stream", error)
         await abort(context, internal_error())
 
 
@@ -198,8 +208,8 @@ def translate_errors(handler: Handler[Request, Response]) -> Handler[Request, Re
             return await handler(self, request, context)
         except ResinkitError as error:
             await abort(context, to_status(error))
-        except Exception:
-            log.exception("unexpected error in %s", handler.__name__)
+        except Exception as error:
+            log_unexpected(handler.__name__, error)
             await abort(context, internal_error())
         raise AssertionError("unreachable: abort raises")
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import StorageUnavailable
 from resinkit_grpc.store import events
-from resinkit_grpc.store.engine import create_engines
+from resinkit_grpc.store.engine import create_engines, describe
 from resinkit_grpc.store.loop_reader import LoopReader, OverBudget
 from resinkit_grpc.store.writer import GroupWriter
 
@@ -110,11 +110,11 @@ class Database:
             with engine.begin() as connection:
                 return operation(connection, *args, **kwargs)
         except (OperationalError, PoolTimeout) as exc:
-            log.warning("database unavailable: %s", exc)
+            log.warning("database unavailable: %s", describe(exc))
             raise StorageUnavailable("the database is unavailable; retry later") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
-                log.warning("database connection lost: %s", exc)
+                log.warning("database connection lost: %s", describe(exc))
                 raise StorageUnavailable("the database connection was lost; retry later") from exc
             raise
 

@@ -55,6 +55,17 @@ UNICODE_LOWER = "unicode_lower"
 AUTOCOMMIT = "resinkit_autocommit"
 
 
+def describe(error: BaseException) -> str:
+    """An error as it may be logged: its type and, for a driver error, the database's code,
+    never its message (drivers quote statements, values and server messages there)."""
+    cause = getattr(error, "orig", None) or error
+    kind = type(error).__qualname__
+    if cause is not error:
+        kind += f" from {type(cause).__module__.split('.')[0]}.{type(cause).__qualname__}"
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "sqlite_errorname", None)
+    return f"{kind} ({code})" if code else kind
+
+
 def _unicode_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -62,6 +73,8 @@ def _unicode_lower(value: object) -> object:
 def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
     engine = create_engine(
         url,
+        # Errors never quote what a caller sent (or the page-token secret) into logs.
+        hide_parameters=True,
         # Readers: one connection per read thread, and one for reads on the event loop.
         pool_size=1 if immediate else settings.read_threads + 1,
         max_overflow=0,
@@ -102,7 +115,9 @@ def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
 # instead of a call that never returns: lock waits (the event-append lock included), single
 # statements, and dead TCP peers (keepalives).
 POSTGRES_CONNECT_ARGS: dict[str, Any] = {
-    "options": "-c lock_timeout=10000 -c statement_timeout=60000",
+    # Sessions in UTC whatever the server's or database's TimeZone: timestamps near the ends of
+    # the range (0001-01-01, 9999-12-31) would otherwise not convert back to Python.
+    "options": "-c lock_timeout=10000 -c statement_timeout=60000 -c TimeZone=UTC",
     "keepalives": 1,
     "keepalives_idle": 30,
     "keepalives_interval": 10,
@@ -116,6 +131,7 @@ def _postgres_engine(url: URL, settings: Settings, *, writer: bool) -> Engine:
     # pre_ping replaces connections the server dropped (restart, pg_terminate_backend).
     return create_engine(
         url,
+        hide_parameters=True,
         pool_size=1 if writer else settings.read_threads,
         max_overflow=0,
         pool_pre_ping=True,

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from resinkit_grpc.errors import Overloaded, ResinkitError, StorageUnavailable
+from resinkit_grpc.store.engine import describe
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class GroupWriter:
                 outcomes = self._run_isolated(connection, runs)
             self._failing = any(isinstance(outcome, Exception) for outcome in outcomes)
         except Exception as error:
-            log.warning("write transaction failed: %s", error)
+            log.warning("write transaction failed: %s", describe(error))
             self._discard_connection()
             raise _BatchFailed() from _as_caller_error(error)
         return outcomes

@@ -19,6 +19,7 @@ from typing import Any
 
 from resinkit_grpc.store import events
 from resinkit_grpc.store.database import Database
+from resinkit_grpc.store.engine import POSTGRES_CONNECT_ARGS, describe
 from resinkit_grpc.watch.fanout import Fanout
 from resinkit_grpc.watch.items import LogEvent
 from resinkit_grpc.watch.subscription import Subscription
@@ -110,7 +111,7 @@ class EventTail:
             try:
                 await self._catch_up()
             except Exception as error:
-                log.warning("event tail could not read task_events (%s); retrying", _kind(error))
+                log.warning("event tail could not read task_events (%s); retrying", describe(error))
                 await asyncio.sleep(0.5)
 
     async def _catch_up(self) -> None:
@@ -143,7 +144,7 @@ class EventTail:
             except Exception as error:
                 failures += 1
                 self.commit_watch_restarts += 1
-                log.warning("commit watcher failed (%s); restarting it", _kind(error))
+                log.warning("commit watcher failed (%s); restarting it", describe(error))
             # It may have missed commits: have the tail look at the table.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._wake.set)
@@ -176,8 +177,6 @@ class EventTail:
         """Wakes the tail on every NOTIFY from any replica's commit (PostgreSQL)."""
         import psycopg
 
-        from resinkit_grpc.store.engine import POSTGRES_CONNECT_ARGS
-
         url = self._db.writer_engine.url.set(drivername="postgresql")
         conninfo = url.render_as_string(hide_password=False)
         with psycopg.connect(conninfo, autocommit=True, **POSTGRES_CONNECT_ARGS) as connection:
@@ -203,8 +202,3 @@ def log_event(row: Mapping[str, Any]) -> LogEvent:
         actor=row["actor"],
         data_size=row["data_size"],
     )
-
-
-def _kind(error: BaseException) -> str:
-    """What failed, without the message: driver messages can quote statements and values."""
-    return type(error).__qualname__
