@@ -148,7 +148,13 @@ def test_pages_with_in_lists_equal_sqlalchemys_own(engine: Engine) -> None:
             (["PENDING"], ["prepared"], ["a"]),
             (["PENDING", "RUNNING", "FAILED"], ["other", "prepared"], ["z", "b"]),
         ]:
-            params = {"statuses": statuses, "task_types": types, "tags_any": tags, "limit": 3}
+            params = {
+                "statuses": statuses,
+                "task_types": types,
+                "tags_any": tags,
+                "limit": 3,
+                "max_bytes": 10**9,
+            }
             page = first.all(connection, params)
             expected = connection.execute(first.statement, params).all()
             assert page == [row._asdict() for row in expected]

@@ -48,6 +48,9 @@ MAX_FILTER_VALUES = 100
 MAX_WATCHED_TASKS = 1000
 # Up to ten years; longer is almost certainly a unit mistake.
 MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
+# Each JSON field of a task (Struct), as encoded on the wire. Six of them at most keep a whole
+# task (about 3.1 MiB) inside the 4 MiB a default client accepts.
+MAX_JSON_FIELD_BYTES = 512 * 1024
 MAX_ETAG_LENGTH = 64
 MAX_PAGE_TOKEN_LENGTH = 1024
 MAX_ORDER_BY_LENGTH = 64
@@ -435,6 +438,9 @@ def _struct(
     if not message.HasField(name):
         return None
     value: struct_pb2.Struct = getattr(message, name)
+    if value.ByteSize() > MAX_JSON_FIELD_BYTES:
+        problems.add(prefix + name, f"is larger than {MAX_JSON_FIELD_BYTES} bytes encoded")
+        return None
     try:
         return struct_to_dict(value)
     except UnstorableJSON as error:

@@ -4,7 +4,7 @@ result. The servicer never opens a transaction; Database does, around a store op
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -66,10 +66,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
             full=page.full,
         )
         response = pb.ListTasksResponse()
-        for row in rows[: page.page_size]:
-            fill_task(response.tasks.add(), row)
-        if len(rows) > page.page_size:
-            last = rows[page.page_size - 1]
+        sent = _fill_bounded(response.tasks, rows[: page.page_size], fill_task)
+        if sent < len(rows) or (rows and rows[0].get("page_rows", 0) > len(rows)):
+            last = rows[sent - 1]
             position = parse.task_position(last[page.order.field], last["task_id"])
             response.next_page_token = self._tokens.encode(page.fingerprint, position)
         return response
@@ -103,18 +102,22 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self, request: pb.ListTaskEventsRequest, context: Context
     ) -> pb.ListTaskEventsResponse:
         page = parse.list_task_events(request, self._tokens)
-        rows = await self._db.read(
+        found = await self._db.read(
             events.list_task_events,
             page.task_id,
             page.event_types,
             after_event_id=page.after_event_id,
             limit=page.page_size + 1,
         )
-        response = pb.ListTaskEventsResponse(
-            events=[event_to_proto(row) for row in rows[: page.page_size]]
+        rows = found.rows
+        response = pb.ListTaskEventsResponse()
+        sent = _fill_bounded(
+            response.events,
+            rows[: page.page_size],
+            lambda event, row: event.CopyFrom(event_to_proto(LogEvent.from_row(row))),
         )
-        if len(rows) > page.page_size:
-            position = [rows[page.page_size - 1].event_id]
+        if sent < len(rows) or not found.complete:
+            position = [rows[sent - 1]["event_id"]]
             response.next_page_token = self._tokens.encode(page.fingerprint, position)
         return response
 
@@ -137,3 +140,24 @@ class TaskService(pb_grpc.TaskServiceServicer):
                         if ending is not None:
                             await abort(context, ending)
                         return
+
+
+# What one page's items may take of a response: a default client refuses messages over 4 MiB.
+# A single item always fits (a task is at most about 3.1 MiB, see parse.MAX_JSON_FIELD_BYTES).
+MAX_PAGE_RESPONSE_BYTES = 3_500_000
+
+
+def _fill_bounded(
+    target: Any, rows: Sequence[dict[str, Any]], fill: Callable[[Any, dict[str, Any]], None]
+) -> int:
+    """Adds a message per row to the repeated field `target` until the next would take the
+    response past MAX_PAGE_RESPONSE_BYTES (the first always goes in); returns how many."""
+    size = 0
+    for count, row in enumerate(rows):
+        item = target.add()
+        fill(item, row)
+        size += item.ByteSize() + 6  # the field's tag and length
+        if size > MAX_PAGE_RESPONSE_BYTES and count > 0:
+            del target[-1]
+            return count
+    return len(rows)

@@ -12,7 +12,6 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Connection,
-    Row,
     Select,
     Table,
     Text,
@@ -112,22 +111,6 @@ def serialize_appends(connection: Connection) -> None:
     connection.info[_APPENDS_LOCKED_BY] = transaction
 
 
-def read_events(
-    connection: Connection,
-    *,
-    after_event_id: int,
-    limit: int,
-    up_to_event_id: int | None = None,
-    task_ids: Sequence[str] = (),
-    task_types: Sequence[str] = (),
-    event_types: Sequence[str] = (),
-) -> list[Row[Any]]:
-    """Events with after_event_id < event_id <= up_to_event_id matching every non-empty filter,
-    in event_id order."""
-    statement = _matching(after_event_id, up_to_event_id, task_ids, task_types, event_types)
-    return list(connection.execute(statement.add_columns(*EVENT_COLUMNS).limit(limit)))
-
-
 def read_log(
     connection: Connection,
     *,
@@ -139,7 +122,8 @@ def read_log(
     task_types: Sequence[str] = (),
     event_types: Sequence[str] = (),
 ) -> LogPage:
-    """read_events for the watch: at most `limit` events, and no more of them than fit in
+    """Events with after_event_id < event_id <= up_to_event_id matching every non-empty filter,
+    in event_id order: at most `limit` events, and no more of them than fit in
     `max_bytes` of stored event_data (the first always comes, however large). Each row carries
     `data_size`, the stored size of its event_data (in characters of its JSON text), so that a
     stream's buffer can be bounded in bytes. The cut is made by the database, so a page of
@@ -233,17 +217,20 @@ def list_task_events(
     *,
     after_event_id: int,
     limit: int,
-) -> list[Row[Any]]:
-    """A task's history (every task's when task_id is None); an unknown task is NOT_FOUND."""
+    max_bytes: int = 2 * 1024 * 1024,
+) -> LogPage:
+    """A task's history (every task's when task_id is None), cut by count and stored bytes as
+    read_log cuts it; an unknown task is NOT_FOUND."""
     if (
         task_id is not None
         and not connection.execute(select(exists().where(tasks.c.task_id == task_id))).scalar_one()
     ):
         raise TaskNotFound(task_id)
-    return read_events(
+    return read_log(
         connection,
         after_event_id=after_event_id,
         limit=limit,
+        max_bytes=max_bytes,
         task_ids=(task_id,) if task_id else (),
         event_types=event_types,
     )

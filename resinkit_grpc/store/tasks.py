@@ -11,17 +11,21 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Connection,
     Table,
+    Text,
     and_,
     bindparam,
     exists,
     func,
+    literal,
     select,
     true,
     tuple_,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
@@ -224,8 +228,12 @@ def list_tasks(
     after: tuple[Any, str] | None,
     limit: int,
     full: bool,
+    max_bytes: int = 2 * 1024 * 1024,
 ) -> list[TaskRecord]:
-    """One keyset page: rows strictly after `after` (sort value, task_id) in the sort order."""
+    """One keyset page: rows strictly after `after` (sort value, task_id) in the sort order,
+    at most `limit`. FULL pages hold no more rows than fit in `max_bytes` of stored text (the
+    first row always comes), and each of their rows carries `page_rows`: how many rows the
+    page had before that cut."""
     shape = _ListShape(
         dialect=connection.dialect.name,
         statuses=bool(query.statuses),
@@ -243,6 +251,7 @@ def list_tasks(
     )
     params: dict[str, Any] = {
         "limit": limit,
+        "max_bytes": max_bytes,
         "statuses": list(query.statuses),
         "task_types": list(query.task_types),
         "created_by": query.created_by,
@@ -419,16 +428,48 @@ def _list_statement(shape: _ListShape) -> Prepared:
             bindparam("after_task_id", type_=c.task_id.type),
         )
         conditions.append(position < cursor if shape.order.descending else position > cursor)
-    if shape.order.descending:
-        ordering = (sort_column.desc(), c.task_id.desc())
-    else:
-        ordering = (sort_column.asc(), c.task_id.asc())
-    return Prepared(
-        select(*(FULL_COLUMNS if shape.full else BASIC_COLUMNS))
+    ordering = _ordering(tasks, shape.order)
+    if not shape.full:
+        # BASIC rows are small (bounded texts): a page of them is cut, if need be, by the
+        # response's size alone (see api/servicer.py).
+        return Prepared(
+            select(*BASIC_COLUMNS)
+            .where(and_(true(), *conditions))
+            .order_by(*ordering)
+            .limit(bindparam("limit"))
+        )
+    # FULL rows carry the JSON columns (up to about 3 MiB each): the database cuts the page by
+    # their stored size, so that a page of large tasks is never fetched whole.
+    stored = sum(
+        (
+            func.coalesce(func.length(sql_cast(c[name], Text)), 0)
+            for name in ("task_name", "description", "tags", *sorted(LARGE_COLUMNS))
+        ),
+        literal(0),
+    )
+    # Innermost the LIMIT, so that the running sum is taken over one page, not the table.
+    page = (
+        select(*FULL_COLUMNS, stored.label("page_bytes"))
         .where(and_(true(), *conditions))
         .order_by(*ordering)
         .limit(bindparam("limit"))
+        .subquery("page")
     )
+    running = func.sum(page.c.page_bytes).over(order_by=_ordering(page, shape.order))
+    counted = select(
+        page, running.label("running"), func.count().over().label("page_rows")
+    ).subquery("counted")
+    return Prepared(
+        select(*(counted.c[column.name] for column in FULL_COLUMNS), counted.c.page_rows)
+        .where(counted.c.running - counted.c.page_bytes < bindparam("max_bytes", type_=BigInteger))
+        .order_by(*_ordering(counted, shape.order))
+    )
+
+
+def _ordering(table: Any, order: SortOrder) -> tuple[Any, Any]:
+    """ORDER BY terms of a ListTasks sort order, on `table`'s columns."""
+    sort, task_id = table.c[order.field], table.c.task_id
+    return (sort.desc(), task_id.desc()) if order.descending else (sort.asc(), task_id.asc())
 
 
 def _has_any_tag(dialect: str) -> ColumnElement[bool]:

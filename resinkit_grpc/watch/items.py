@@ -4,6 +4,7 @@ endings, in strictly increasing log position. Nothing here knows how a stream is
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,6 +62,22 @@ class LogEvent:
         # The transport's encoding of this event, made once by the first stream that sends it
         # and reused by every other (opaque here).
         self.encoded: Any = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> LogEvent:
+        """A row of events.read_log."""
+        return cls(
+            event_id=row["event_id"],
+            task_id=row["task_id"],
+            task_type=row["task_type"],
+            event_type=row["event_type"],
+            timestamp=row["timestamp"],
+            event_data=row["event_data"],
+            previous_status=row["previous_status"],
+            new_status=row["new_status"],
+            actor=row["actor"],
+            data_size=row["data_size"],
+        )
 
     @property
     def position(self) -> int:

@@ -14,8 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from resinkit_grpc.store import events
 from resinkit_grpc.store.database import Database
@@ -123,7 +122,7 @@ class EventTail:
                 max_bytes=self._batch_bytes,
             )
             if page.rows:
-                self.fanout.dispatch([log_event(row) for row in page.rows])
+                self.fanout.dispatch([LogEvent.from_row(row) for row in page.rows])
             if page.complete:
                 return
 
@@ -186,19 +185,3 @@ class EventTail:
                 for _ in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
                     if self.listening():
                         loop.call_soon_threadsafe(self._wake.set)
-
-
-def log_event(row: Mapping[str, Any]) -> LogEvent:
-    """A row read by events.read_log as a LogEvent."""
-    return LogEvent(
-        event_id=row["event_id"],
-        task_id=row["task_id"],
-        task_type=row["task_type"],
-        event_type=row["event_type"],
-        timestamp=row["timestamp"],
-        event_data=row["event_data"],
-        previous_status=row["previous_status"],
-        new_status=row["new_status"],
-        actor=row["actor"],
-        data_size=row["data_size"],
-    )

@@ -14,9 +14,9 @@ from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.rules import TaskStatus
 from resinkit_grpc.store import events
 from resinkit_grpc.store.database import Database
-from resinkit_grpc.watch.items import Ended, EndReason, EventFilter, Item
+from resinkit_grpc.watch.items import Ended, EndReason, EventFilter, Item, LogEvent
 from resinkit_grpc.watch.subscription import Subscription
-from resinkit_grpc.watch.tail import EventTail, log_event
+from resinkit_grpc.watch.tail import EventTail
 
 REPLAY_PAGE = 500
 
@@ -165,7 +165,7 @@ class Watches:
         until = request.until_terminal
         items: list[Item] = []
         for row in page.events:
-            event = log_event(row)
+            event = LogEvent.from_row(row)
             if not until or request.filter.matches(event):
                 items.append(event)
             if until and event.ends_task:
