@@ -673,3 +673,43 @@ def test_a_long_scan_moves_off_the_event_loop_and_still_answers_exactly(
     assert [task.task_name for task in named.tasks] == ["n2999"]
     if backend == "sqlite":
         assert "read list_tasks moved to a read thread" in server.log()
+
+
+def test_paging_by_created_at_never_repeats_or_skips_while_every_row_changes(
+    stub: Any, unique: Unique
+) -> None:
+    """The promise for the one immutable order: rows changed (priority, tags, status) between
+    pages never move, so each comes exactly once."""
+    task_type = unique("changing")
+    made = [create(stub, task_type).task_id for _ in range(15)]
+
+    def touch_every_row(pages: list[list[pb.Task]]) -> None:
+        for n, task_id in enumerate(made):
+            stub.UpdateTask(
+                pb.UpdateTaskRequest(
+                    task=pb.Task(task_id=task_id, priority=len(pages) * 10 + n, tags=["moved"])
+                )
+            )
+
+    for order_by in ("created_at asc", "created_at desc"):
+        request = pb.ListTasksRequest(filter=of_type(task_type), order_by=order_by, page_size=4)
+        seen = flat(page_through(stub, request, touch_every_row))
+        assert sorted(seen) == sorted(made) and len(seen) == len(made), order_by
+
+
+def test_paging_by_a_mutable_order_moves_a_changed_row_as_documented(
+    stub: Any, unique: Unique
+) -> None:
+    """Ordered by priority, a row whose priority rises past the position comes again: the
+    documented limit of keyset pages over a mutable sort key."""
+    task_type = unique("mutable-order")
+    made = [create(stub, task_type, priority=n).task_id for n in range(6)]
+
+    def raise_the_first(pages: list[list[pb.Task]]) -> None:
+        if len(pages) == 1:
+            first = pages[0][0].task_id
+            stub.UpdateTask(pb.UpdateTaskRequest(task=pb.Task(task_id=first, priority=100)))
+
+    request = pb.ListTasksRequest(filter=of_type(task_type), order_by="priority asc", page_size=3)
+    seen = flat(page_through(stub, request, raise_the_first))
+    assert seen == [*made, made[0]]

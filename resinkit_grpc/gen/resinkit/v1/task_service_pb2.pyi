@@ -483,8 +483,14 @@ class ListTasksResponse(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty on the last page. Pagination is keyset-based: rows inserted
-    or changed while paging never cause a row to be skipped or repeated within the sort order.
+    """Token for the next page; empty on the last page (a page may hold fewer than page_size rows
+    and still have a token: pages stop before 3.5 MB). Pagination is keyset-based: the next
+    page holds the rows after the last one returned, in the sort order, as they are then.
+    Ordered by created_at (which never changes), no row is ever repeated or skipped, whatever
+    is inserted or changed while paging. Ordered by updated_at or priority, a row whose value
+    changes while paging moves in the order: it may come again on a later page, or not at all
+    if it moved behind the position; rows whose value does not change are never repeated or
+    skipped.
     """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
