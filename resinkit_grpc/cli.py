@@ -173,6 +173,13 @@ OPTIONS = [
         between(64 * 1024, 1024**3),
     ),
     Option(
+        "--request-id-retention",
+        "request_id_retention",
+        float,
+        "hours a mutation's request_id is kept for retries (0.0001 to 8760)",
+        between(0.0001, 8760),
+    ),
+    Option(
         "--log-level",
         "log_level",
         str,

@@ -37,4 +37,6 @@ class Settings:
     # Bytes of events (their stored event_data plus a fixed overhead each) buffered per stream
     # before a slow reader is cut off; also the most one replay page or tail batch reads.
     watch_buffer_bytes: int = 4 * 1024 * 1024
+    # Hours a mutation's request_id is kept (a retry within them gets the first outcome back).
+    request_id_retention: float = 24.0
     log_level: str = "INFO"

@@ -110,7 +110,14 @@ class TaskStateConflict(ResinkitError):
 
 
 class StorageUnavailable(ResinkitError):
-    """The database could not be reached or was too busy; the call may be retried."""
+    """The database could not be reached or was too busy; the call may be retried.
+
+    `outcome_unknown`: the failure hit the COMMIT itself, so the change may have been saved.
+    Otherwise nothing was written. A retry is safe either way with a request_id."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
 
 
 class Overloaded(ResinkitError):

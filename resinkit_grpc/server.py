@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import signal
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,9 +19,12 @@ from resinkit_grpc.api.page_tokens import PageTokens
 from resinkit_grpc.api.registration import add_task_service
 from resinkit_grpc.api.servicer import TaskService
 from resinkit_grpc.config import Settings
+from resinkit_grpc.errors import ResinkitError
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.migrations import migrate
+from resinkit_grpc.store.requests import purge_requests
 from resinkit_grpc.store.tasks import load_or_create_secret
 from resinkit_grpc.watch.watches import Watches
 
@@ -28,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # gen0 allocations before a collection (default 700), and how often older generations follow.
 GC_THRESHOLDS = (50_000, 20, 100)
+PURGE_INTERVAL_SECONDS = 600.0
 # Once the gate is closed, how long no call must arrive before the server stops.
 GATE_QUIET_SECONDS = 0.1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
@@ -57,6 +62,7 @@ class Server:
         )
         self.watches = Watches(self.database, settings)
         self.port = 0
+        self._purging: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         revision = await asyncio.to_thread(migrate, self.database.writer_engine)
@@ -79,11 +85,22 @@ class Server:
         # Everything built so far lives as long as the server: keep it out of the cyclic
         # collector's way, and collect less often. Full collections walking every object
         # were the tail of watch delivery latency (and of unary p99) under load.
+        self._purging = asyncio.create_task(self._purge_request_ids(), name="purge-request-ids")
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         host = self.settings.address.rsplit(":", 1)[0]
         # Tests and scripts read this line to find the port when the address ends in :0.
         print(f"serving on {host}:{self.port}", flush=True)
+
+    async def _purge_request_ids(self) -> None:
+        """Forgets request ids older than --request-id-retention, a tenth of it at a time."""
+        retention = timedelta(hours=self.settings.request_id_retention)
+        while True:
+            await asyncio.sleep(min(PURGE_INTERVAL_SECONDS, retention.total_seconds() / 10))
+            try:
+                await self.database.write(purge_requests, utcnow() - retention)
+            except ResinkitError as error:  # the database is away: next time
+                log.warning("could not purge request ids: %s", error.message)
 
     async def stop(self) -> None:
         # From here every new call is UNAVAILABLE before it runs; calls already admitted go on.
@@ -91,6 +108,8 @@ class Server:
         await self.health.enter_graceful_shutdown()
         # Streams never finish on their own: end them (UNAVAILABLE, resumable) so that the
         # grace period is spent on unary RPCs.
+        if self._purging is not None:
+            self._purging.cancel()
         await self.watches.close()
         # New calls meet the gate (UNAVAILABLE) until they stop coming, rather than stop(),
         # which cancels what its transport accepted: half the grace period at most.

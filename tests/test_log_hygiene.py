@@ -12,12 +12,13 @@ from typing import Any
 import grpc
 import psycopg
 from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
-from tests.rpc import create
+from tests.rpc import create, detail
 from tests.servers import ServerProcess
 
 MARKER = "Xy7MarkerQz"
@@ -133,6 +134,9 @@ def test_the_log_holds_no_caller_input_and_no_secret(
             create(stub, task_id=f"{MARKER}-{n}", description=MARKER)
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.UNAVAILABLE
+            # Lost before COMMIT: the caller learns that nothing was written.
+            info = detail(error, error_details_pb2.ErrorInfo)
+            assert info.metadata["outcome"] == "NOT_COMMITTED", info
             failed += 1
     restore()
     make_inserts_fail(server.database_url)

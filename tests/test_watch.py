@@ -518,12 +518,17 @@ def test_a_watcher_of_large_events_is_cut_off_by_bytes_and_memory_stays_bounded(
     first = next(stream)
     assert first.HasField("heartbeat")
     rss_before = server.rss_bytes()
-    big = {"blob": "x" * 1_000_000}
+    quarter = {"blob": "x" * 250_000}  # four details of a status change: 1 MB an event
     for _ in range(100):  # 100 MB of event_data in all, unread by the slow watcher
         task = create(stub)
         stub.UpdateTaskStatus(
             pb.UpdateTaskStatusRequest(
-                task_id=task.task_id, status=pb.TASK_STATUS_FAILED, error_info=big
+                task_id=task.task_id,
+                status=pb.TASK_STATUS_FAILED,
+                error_info=quarter,
+                result_summary=quarter,
+                execution_details=quarter,
+                progress_details=quarter,
             )
         )
     grown = server.rss_bytes() - rss_before

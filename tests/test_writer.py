@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, event, func, select
 from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.config import Settings
@@ -273,3 +273,33 @@ def test_a_commit_listener_that_fails_neither_loses_the_write_nor_stops_the_writ
     finally:
         writer.close()
     assert database.run_read(events_of, "listener-1") == 1
+
+
+@pytest.mark.parametrize("where", ["commit", "statement"])
+def test_a_failed_commit_is_reported_as_an_unknown_outcome(database: Database, where: str) -> None:
+    """A connection lost at COMMIT may have committed: the caller is told the outcome is
+    unknown. Lost before, nothing was written, and the caller is told that."""
+    lost = DBAPIError("COMMIT", {}, Exception("connection lost"), connection_invalidated=True)
+
+    def fail_commit(connection: Any) -> None:
+        raise lost
+
+    if where == "commit":
+        event.listen(database.writer_engine, "commit", fail_commit)
+
+    def work(connection: Connection) -> None:
+        tasks.create_task(connection, new_task(f"unknown-{where}"))
+        if where == "statement":
+            raise lost
+
+    async def scenario() -> StorageUnavailable:
+        with pytest.raises(StorageUnavailable) as failed:
+            await database.write(work)
+        return failed.value
+
+    try:
+        error = asyncio.run(scenario())
+    finally:
+        if where == "commit":
+            event.remove(database.writer_engine, "commit", fail_commit)
+    assert error.outcome_unknown == (where == "commit")

@@ -174,6 +174,7 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
         "a new task starts in TASK_STATUS_PENDING; leave status unset",
     )
     problems.text(request.request_id, "request_id", MAX_SHORT_TEXT)
+    problems.text(request.actor, "actor", MAX_SHORT_TEXT)
     problems.text(task.created_by, "task.created_by", MAX_SHORT_TEXT)
     _check_texts(problems, task)
     configs = _struct(problems, task, "submitted_configs") or {}
@@ -199,9 +200,28 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
         expires_at=_timestamp(problems, task, "expires_at"),
         timeout_seconds=float(timeout) if timeout is not None else None,
         request_id=optional_text(request.request_id),
+        actor=optional_text(request.actor),
     )
     problems.raise_if_any()
     return new
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a mutation, and the key that makes its retries safe."""
+
+    actor: str | None
+    request_id: str | None
+
+
+def caller(request: Any, problems: Violations | None = None) -> Caller:
+    """The actor and request_id of a mutation request, checked."""
+    found = problems or Violations()
+    found.text(request.request_id, "request_id", MAX_SHORT_TEXT)
+    found.text(request.actor, "actor", MAX_SHORT_TEXT)
+    if problems is None:
+        found.raise_if_any()
+    return Caller(optional_text(request.actor), optional_text(request.request_id))
 
 
 @dataclass(frozen=True)
@@ -209,6 +229,7 @@ class TaskUpdate:
     task_id: str
     changes: dict[str, Any]
     etag: str | None
+    caller: Caller
 
 
 def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
@@ -247,8 +268,9 @@ def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
         for path in dict.fromkeys(paths)
     }
     the_etag = _collect(problems, lambda: etag(task.etag, "task.etag"))
+    who = caller(request, problems)
     problems.raise_if_any()
-    return TaskUpdate(the_id, changes, the_etag)
+    return TaskUpdate(the_id, changes, the_etag, who)
 
 
 def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
@@ -259,6 +281,7 @@ def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
     status = PROTO_TO_STATUS[request.status]
     problems = Violations()
     problems.text(request.actor, "actor", MAX_SHORT_TEXT)
+    problems.text(request.request_id, "request_id", MAX_SHORT_TEXT)
     the_etag = _collect(problems, lambda: etag(request.etag))
     details = {}
     for name in STATUS_DETAIL_FIELDS:
@@ -272,6 +295,7 @@ def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
         details=details,
         actor=optional_text(request.actor),
         etag=the_etag,
+        request_id=optional_text(request.request_id),
     )
 
 

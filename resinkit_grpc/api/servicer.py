@@ -76,7 +76,14 @@ class TaskService(pb_grpc.TaskServiceServicer):
     @translate_errors
     async def UpdateTask(self, request: pb.UpdateTaskRequest, context: Context) -> pb.Task:
         update = parse.update_task(request)
-        row = await self._db.write(tasks.update_task, update.task_id, update.changes, update.etag)
+        row = await self._db.write(
+            tasks.update_task,
+            update.task_id,
+            update.changes,
+            update.etag,
+            actor=update.caller.actor,
+            request_id=update.caller.request_id,
+        )
         return task_to_proto(row)
 
     @translate_errors
@@ -89,12 +96,18 @@ class TaskService(pb_grpc.TaskServiceServicer):
     @translate_errors
     async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Context) -> pb.Task:
         task_id = parse.task_id(request.task_id)
-        row = await self._db.write(tasks.delete_task, task_id, parse.etag(request.etag))
+        etag, who = parse.etag(request.etag), parse.caller(request)
+        row = await self._db.write(
+            tasks.delete_task, task_id, etag, actor=who.actor, request_id=who.request_id
+        )
         return task_to_proto(row)
 
     @translate_errors
     async def UndeleteTask(self, request: pb.UndeleteTaskRequest, context: Context) -> pb.Task:
-        row = await self._db.write(tasks.undelete_task, parse.task_id(request.task_id))
+        task_id, who = parse.task_id(request.task_id), parse.caller(request)
+        row = await self._db.write(
+            tasks.undelete_task, task_id, actor=who.actor, request_id=who.request_id
+        )
         return task_to_proto(row)
 
     @translate_errors

@@ -109,6 +109,9 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
             )
         case StorageUnavailable():
             code, reason = code_pb2.UNAVAILABLE, "STORAGE_UNAVAILABLE"
+            # NOT_COMMITTED: nothing was written. UNKNOWN: the COMMIT failed, the change may
+            # have been saved; a retry without a request_id could do it twice.
+            metadata["outcome"] = "UNKNOWN" if error.outcome_unknown else "NOT_COMMITTED"
             details.append(error_details_pb2.RetryInfo(retry_delay={"nanos": 200_000_000}))
         case Overloaded():
             code, reason = code_pb2.UNAVAILABLE, "OVERLOADED"

@@ -132,3 +132,20 @@ class ServiceSecret(Base):
 
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class MutationRequest(Base):
+    """A mutation done under a request_id, kept so that a retry gets its outcome back (see
+    store/requests.py); forgotten after the retention window."""
+
+    __tablename__ = "mutation_requests"
+
+    request_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    # SHA-256 of the method and what it was asked: a reused id with another request is refused.
+    fingerprint: Mapped[str] = mapped_column(Text)
+    task_id: Mapped[str] = mapped_column(Text)
+    # The task as the first call returned it.
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSONString)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_mutation_requests_created_at", "created_at"),)

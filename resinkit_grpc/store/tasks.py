@@ -43,6 +43,7 @@ from resinkit_grpc.store.engine import UNICODE_LOWER
 from resinkit_grpc.store.events import append_event
 from resinkit_grpc.store.models import ServiceSecret, Task
 from resinkit_grpc.store.prepared import Prepared
+from resinkit_grpc.store.requests import once
 
 tasks = cast(Table, Task.__table__)
 
@@ -121,6 +122,8 @@ class NewTask:
     # Seconds after creation; wins over expires_at (submitted_configs.task_timeout_seconds).
     timeout_seconds: float | None = None
     request_id: str | None = None
+    # Who asks: the CREATED event's actor (else created_by).
+    actor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class StatusChange:
     details: Mapping[str, Mapping[str, Any]]
     actor: str | None = None
     etag: str | None = None
+    request_id: str | None = None
 
 
 def create_task(connection: Connection, new: NewTask) -> TaskRecord:
@@ -203,7 +207,7 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
         EventType.CREATED,
         now,
         new_status=TaskStatus.PENDING,
-        actor=new.created_by,
+        actor=new.actor or new.created_by,
     )
     return record
 
@@ -269,9 +273,32 @@ def list_tasks(
 
 
 def update_task(
-    connection: Connection, task_id: str, changes: Mapping[str, Any], etag: str | None
+    connection: Connection,
+    task_id: str,
+    changes: Mapping[str, Any],
+    etag: str | None,
+    *,
+    actor: str | None = None,
+    request_id: str | None = None,
 ) -> TaskRecord:
-    """Applies `changes` (mutable fields only); a change that changes nothing writes nothing."""
+    """Applies `changes` (mutable fields only); a change that changes nothing writes nothing.
+    Done once per request_id (see requests.once)."""
+    return once(
+        connection,
+        request_id,
+        "UpdateTask",
+        [task_id, changes, etag, actor],
+        lambda: _update_task(connection, task_id, changes, etag, actor),
+    )
+
+
+def _update_task(
+    connection: Connection,
+    task_id: str,
+    changes: Mapping[str, Any],
+    etag: str | None,
+    actor: str | None,
+) -> TaskRecord:
     current = _current(connection, task_id, etag)
     _require_active(current, "update")
     changed = [name for name, value in changes.items() if current[name] != value]
@@ -279,11 +306,24 @@ def update_task(
         return current
     now = utcnow()
     record = _update(connection, current, now, {name: changes[name] for name in changed})
-    append_event(connection, task_id, EventType.UPDATED, now, event_data={"fields": changed})
+    append_event(
+        connection, task_id, EventType.UPDATED, now, event_data={"fields": changed}, actor=actor
+    )
     return record
 
 
 def update_task_status(connection: Connection, change: StatusChange) -> TaskRecord:
+    """Moves the task along the transition table; done once per request_id."""
+    return once(
+        connection,
+        change.request_id,
+        "UpdateTaskStatus",
+        [change.task_id, change.status, change.details, change.actor, change.etag],
+        lambda: _update_task_status(connection, change),
+    )
+
+
+def _update_task_status(connection: Connection, change: StatusChange) -> TaskRecord:
     current = _current(connection, change.task_id, change.etag)
     _require_active(current, "change the status of")
     previous = TaskStatus(current["status"])
@@ -311,7 +351,27 @@ def update_task_status(connection: Connection, change: StatusChange) -> TaskReco
     return record
 
 
-def delete_task(connection: Connection, task_id: str, etag: str | None) -> TaskRecord:
+def delete_task(
+    connection: Connection,
+    task_id: str,
+    etag: str | None,
+    *,
+    actor: str | None = None,
+    request_id: str | None = None,
+) -> TaskRecord:
+    """Soft-deletes the task; done once per request_id."""
+    return once(
+        connection,
+        request_id,
+        "DeleteTask",
+        [task_id, etag, actor],
+        lambda: _delete_task(connection, task_id, etag, actor),
+    )
+
+
+def _delete_task(
+    connection: Connection, task_id: str, etag: str | None, actor: str | None
+) -> TaskRecord:
     current = _current(connection, task_id, etag)
     if not current["active"]:
         raise TaskStateConflict(
@@ -319,17 +379,34 @@ def delete_task(connection: Connection, task_id: str, etag: str | None) -> TaskR
         )
     now = utcnow()
     record = _update(connection, current, now, {"active": False})
-    append_event(connection, task_id, EventType.DELETED, now)
+    append_event(connection, task_id, EventType.DELETED, now, actor=actor)
     return record
 
 
-def undelete_task(connection: Connection, task_id: str) -> TaskRecord:
+def undelete_task(
+    connection: Connection,
+    task_id: str,
+    *,
+    actor: str | None = None,
+    request_id: str | None = None,
+) -> TaskRecord:
+    """Restores a soft-deleted task; done once per request_id."""
+    return once(
+        connection,
+        request_id,
+        "UndeleteTask",
+        [task_id, actor],
+        lambda: _undelete_task(connection, task_id, actor),
+    )
+
+
+def _undelete_task(connection: Connection, task_id: str, actor: str | None) -> TaskRecord:
     current = _current(connection, task_id, None)
     if current["active"]:
         raise TaskStateConflict(task_id, "TASK_NOT_DELETED", f"task {task_id!r} is not deleted")
     now = utcnow()
     record = _update(connection, current, now, {"active": True})
-    append_event(connection, task_id, EventType.UNDELETED, now)
+    append_event(connection, task_id, EventType.UNDELETED, now, actor=actor)
     return record
 
 

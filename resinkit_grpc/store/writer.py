@@ -46,7 +46,12 @@ class _Job:
 
 
 class _BatchFailed(Exception):
-    """The transaction itself failed (BEGIN, a lost connection, COMMIT): nothing committed."""
+    """The transaction itself failed (BEGIN, a lost connection): nothing committed; or its
+    COMMIT failed (_CommitFailed): whether it committed is unknown."""
+
+
+class _CommitFailed(Exception):
+    """COMMIT raised: the database may have committed before the failure reached us."""
 
 
 class GroupWriter:
@@ -160,7 +165,8 @@ class GroupWriter:
                 outcomes = self._run_isolated(connection, runs)
             self._failing = any(isinstance(outcome, Exception) for outcome in outcomes)
         except Exception as error:
-            log.warning("write transaction failed: %s", describe(error))
+            failed = error.__cause__ if isinstance(error, _CommitFailed) else error
+            log.warning("write transaction failed: %s", describe(failed or error))
             self._discard_connection()
             raise _BatchFailed() from _as_caller_error(error)
         return outcomes
@@ -215,7 +221,10 @@ class GroupWriter:
             if transaction.is_active:
                 if not _can_commit(connection):
                     raise TransactionAborted("the write transaction was aborted")
-                transaction.commit()
+                try:
+                    transaction.commit()
+                except Exception as error:
+                    raise _CommitFailed() from error
         except BaseException:
             if transaction.is_active:
                 transaction.rollback()
@@ -277,7 +286,20 @@ def _connection_lost(error: Exception) -> bool:
 
 
 def _as_caller_error(error: Exception) -> Exception:
-    """Domain errors go to the caller as they are; database trouble becomes UNAVAILABLE."""
+    """Domain errors go to the caller as they are; database trouble becomes UNAVAILABLE, which
+    says whether the change may have been saved (a failed COMMIT) or surely was not."""
+    if isinstance(error, _CommitFailed):
+        cause = error.__cause__
+        if not isinstance(cause, Exception) or not _connection_lost(cause):
+            # The database answered, refusing the commit: nothing was saved.
+            return _as_caller_error(cause) if isinstance(cause, Exception) else error
+        unknown = StorageUnavailable(
+            "the commit failed: the change may or may not have been saved; retry with the "
+            "same request_id",
+            outcome_unknown=True,
+        )
+        unknown.__cause__ = error.__cause__
+        return unknown
     if isinstance(error, ResinkitError):
         return error
     if _connection_lost(error):

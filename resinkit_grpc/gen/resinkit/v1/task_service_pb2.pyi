@@ -307,11 +307,16 @@ class CreateTaskRequest(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Optional client-chosen id; the server generates a UUID when empty."""
     request_id: _builtins.str
     """Optional idempotency key (at most 128 characters). A retry with the same request_id returns
     the task the first call created, and creates nothing.
+    """
+    actor: _builtins.str
+    """Who creates the task (at most 128 characters), recorded as the CREATED event's actor;
+    unset, the event names task.created_by.
     """
     @_builtins.property
     def task(self) -> Global___Task:
@@ -325,10 +330,11 @@ class CreateTaskRequest(_message.Message):
         task: Global___Task | None = ...,
         task_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request_id", b"request_id", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -518,6 +524,15 @@ class UpdateTaskRequest(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Optional idempotency key (at most 128 characters, kept --request-id-retention hours). A
+    retry with the same request_id returns the first call's outcome (the same task, etag and
+    event) and changes nothing; the same id with a different request is INVALID_ARGUMENT.
+    """
+    actor: _builtins.str
+    """Who makes the change (at most 128 characters), recorded as the event's actor."""
     @_builtins.property
     def task(self) -> Global___Task:
         """The task with its new values; `task.task_id` names the task. If `task.etag` is set and no
@@ -537,10 +552,12 @@ class UpdateTaskRequest(_message.Message):
         *,
         task: Global___Task | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
+        request_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request_id", b"request_id", "task", b"task", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -567,6 +584,7 @@ class UpdateTaskStatusRequest(_message.Message):
     PROGRESS_DETAILS_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task to change."""
     status: Global___TaskStatus.ValueType
@@ -575,6 +593,11 @@ class UpdateTaskStatusRequest(_message.Message):
     """Who makes the change; recorded in the event."""
     etag: _builtins.str
     """If set and no longer current, the call fails with ABORTED."""
+    request_id: _builtins.str
+    """Optional idempotency key (at most 128 characters, kept --request-id-retention hours). A
+    retry with the same request_id returns the first call's outcome (the same task, etag and
+    event) and changes nothing; the same id with a different request is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def error_info(self) -> _struct_pb2.Struct:
         """Stored on the task and in the event, when set."""
@@ -602,10 +625,11 @@ class UpdateTaskStatusRequest(_message.Message):
         progress_details: _struct_pb2.Struct | None = ...,
         actor: _builtins.str = ...,
         etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error_info", b"error_info", "execution_details", b"execution_details", "progress_details", b"progress_details", "result_summary", b"result_summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "error_info", b"error_info", "etag", b"etag", "execution_details", b"execution_details", "progress_details", b"progress_details", "result_summary", b"result_summary", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "error_info", b"error_info", "etag", b"etag", "execution_details", b"execution_details", "progress_details", b"progress_details", "request_id", b"request_id", "result_summary", b"result_summary", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -619,19 +643,30 @@ class DeleteTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task to soft-delete."""
     etag: _builtins.str
     """If set and no longer current, the call fails with ABORTED."""
+    request_id: _builtins.str
+    """Optional idempotency key (at most 128 characters, kept --request-id-retention hours). A
+    retry with the same request_id returns the first call's outcome (the same task, etag and
+    event) and changes nothing; the same id with a different request is INVALID_ARGUMENT.
+    """
+    actor: _builtins.str
+    """Who makes the change (at most 128 characters), recorded as the event's actor."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "etag", b"etag", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,16 +679,27 @@ class UndeleteTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task to restore."""
+    request_id: _builtins.str
+    """Optional idempotency key (at most 128 characters, kept --request-id-retention hours). A
+    retry with the same request_id returns the first call's outcome (the same task, etag and
+    event) and changes nothing; the same id with a different request is INVALID_ARGUMENT.
+    """
+    actor: _builtins.str
+    """Who makes the change (at most 128 characters), recorded as the event's actor."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
