@@ -25,6 +25,9 @@ class ServerProcess:
         self.args = args
         self.env = {**os.environ, **env}
         self.log_path = log_dir / f"server-{time.monotonic_ns()}.log"
+        # What runs the server, and where (another interpreter or directory, say).
+        self.command = [sys.executable, "-m", "resinkit_grpc", "serve"]
+        self.cwd: Path | None = None
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
         self._log: IO[str] | None = None
@@ -34,10 +37,7 @@ class ServerProcess:
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "resinkit_grpc",
-                "serve",
+                *self.command,
                 "--address",
                 "127.0.0.1:0",
                 "--database-url",
@@ -50,6 +50,7 @@ class ServerProcess:
             stderr=self._log,
             text=True,
             env=self.env,
+            cwd=self.cwd,
         )
         assert self.process.stdout is not None
         deadline = time.monotonic() + BOOT_TIMEOUT

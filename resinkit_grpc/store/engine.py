@@ -48,6 +48,10 @@ def create_engines(settings: Settings) -> tuple[Engine, Engine]:
         )
     except NoSuchModuleError as exc:  # pragma: no cover - guarded by parse_url
         raise DatabaseURLError(f"no driver for {url.drivername}") from exc
+    except ImportError as exc:
+        raise DatabaseURLError(
+            "PostgreSQL needs its driver: pip install 'resinkit-grpc[postgresql]'"
+        ) from exc
 
 
 UNICODE_LOWER = "unicode_lower"

@@ -19,12 +19,12 @@ import contextlib
 import logging
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -271,14 +271,23 @@ def _can_commit(connection: Connection) -> bool:
     raw = connection.connection.dbapi_connection
     if isinstance(raw, sqlite3.Connection):
         return raw.in_transaction
-    if isinstance(raw, psycopg.Connection):
-        return raw.info.transaction_status != psycopg.pq.TransactionStatus.INERROR
+    psycopg = _psycopg()
+    if psycopg is not None and isinstance(raw, psycopg.Connection):
+        return bool(raw.info.transaction_status != psycopg.pq.TransactionStatus.INERROR)
     return True
+
+
+def _psycopg() -> Any:
+    """psycopg if it is in use: it is imported only with a PostgreSQL URL (an optional extra)."""
+    return sys.modules.get("psycopg")
 
 
 def _connection_lost(error: Exception) -> bool:
     # Driver errors too: the savepoint statements go straight to the driver.
-    if isinstance(error, sqlite3.OperationalError | psycopg.OperationalError):
+    psycopg = _psycopg()
+    if isinstance(error, sqlite3.OperationalError) or (
+        psycopg is not None and isinstance(error, psycopg.OperationalError)
+    ):
         return True
     return isinstance(error, OperationalError | PoolTimeout) or (
         isinstance(error, DBAPIError) and error.connection_invalidated
