@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from resinkit_grpc.config import Settings
 from resinkit_grpc.server import ServerError, serve
 from resinkit_grpc.store.engine import DatabaseURLError, create_engines
-from resinkit_grpc.store.migrations import SchemaTooNew, migrate
+from resinkit_grpc.store.migrations import MigrationBroken, SchemaTooNew, migrate
 
 DEFAULTS = Settings()
 
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reader.dispose()
         else:
             asyncio.run(serve(settings))
-    except (DatabaseURLError, SchemaTooNew, ServerError) as exc:
+    except (DatabaseURLError, MigrationBroken, SchemaTooNew, ServerError) as exc:
         sys.exit(f"resinkit-grpc: error: {exc}")
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__

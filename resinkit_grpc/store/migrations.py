@@ -2,18 +2,22 @@
 
 Runs inside one write transaction: on SQLite that holds the write lock (BEGIN IMMEDIATE), on
 PostgreSQL a transaction-scoped advisory lock, so that replicas booting together migrate once
-while the others wait, then find the database at head.
+while the others wait, then find the database at head. Other processes may keep serving on
+the database meanwhile (see migrate).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import OperationalError
 
 import resinkit_grpc
 from alembic import command
@@ -22,6 +26,12 @@ log = logging.getLogger(__name__)
 
 # Any constant shared by every replica; it names the migration lock in pg_locks.
 MIGRATION_LOCK_KEY = 0x7265_736B_6D69_67  # "reskmig"
+# PostgreSQL: how long one attempt waits for a table lock before it gives way. A request for an
+# ACCESS EXCLUSIVE lock blocks every later query on the table while it waits, so serving
+# replicas are held up at most this long at a time.
+MIGRATION_LOCK_TIMEOUT_MS = 2000
+# How long boot keeps trying while another process holds the database.
+BOOT_WAIT_SECONDS = 600.0
 
 
 class SchemaTooNew(RuntimeError):
@@ -34,36 +44,104 @@ def script_location() -> Path:
     return installed if (installed / "env.py").exists() else package.parent / "alembic"
 
 
-def alembic_config() -> Config:
+def alembic_config(location: Path | None = None) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(script_location()))
+    config.set_main_option("script_location", str(location or script_location()))
     return config
 
 
-def migrate(engine: Engine) -> str:
-    """Upgrades the database to head; returns the revision it is at afterwards."""
-    config = alembic_config()
+class MigrationBroken(RuntimeError):
+    """A migration left rows that break a foreign key; it was rolled back."""
+
+
+def migrate(
+    engine: Engine, *, location: Path | None = None, wait: float = BOOT_WAIT_SECONDS
+) -> str:
+    """Upgrades the database to head; returns the revision it is at afterwards.
+
+    Safe beside serving processes: while another process holds the database (SQLite's write
+    lock, or a PostgreSQL table lock this migration needs), it waits and tries again, for up to
+    `wait` seconds, instead of failing the boot; and on PostgreSQL it gives way after
+    MIGRATION_LOCK_TIMEOUT_MS each time, so that serving replicas queued behind its lock
+    request wait at most that long."""
+    config = alembic_config(location)
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        try:
+            return _migrate_once(engine, config)
+        except OperationalError as error:
+            if not _lock_wait(error) or time.monotonic() + delay > deadline:
+                raise
+            log.info("the database is busy (a lock another process holds); migrating again")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _migrate_once(engine: Engine, config: Config) -> str:
     heads = set(ScriptDirectory.from_config(config).get_heads())
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # A migration (or waiting for another replica's) may take longer than the bounds
-            # ordinary statements get (see engine.POSTGRES_CONNECT_ARGS).
-            connection.execute(text("SET LOCAL lock_timeout = 0"))
-            connection.execute(text("SET LOCAL statement_timeout = 0"))
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-            )
-        current = set(MigrationContext.configure(connection).get_current_heads())
-        known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
-        unknown = current - known
-        if unknown:
-            raise SchemaTooNew(
-                f"the database is at revision {', '.join(sorted(unknown))}, which this server does "
-                f"not know (its newest is {', '.join(sorted(heads))}): deploy newer code"
-            )
-        if current == heads:
-            return ", ".join(sorted(heads))
-        log.info("migrating database from %s to %s", sorted(current) or "empty", sorted(heads))
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite's documented procedure for schema changes: foreign keys off outside the
+            # transaction (batch mode rebuilds a table by dropping it, which would cascade into
+            # the rows that refer to it), checked before commit, on again after.
+            # Through the driver: SQLAlchemy would begin a transaction first, and inside one the
+            # pragma does nothing.
+            _raw(connection).execute("PRAGMA foreign_keys = OFF")
+        try:
+            with connection.begin():
+                if not sqlite:
+                    # Waiting for another replica's migration is unbounded; the migration's own
+                    # statements are not (see migrate).
+                    connection.execute(text("SET LOCAL lock_timeout = 0"))
+                    connection.execute(text("SET LOCAL statement_timeout = 0"))
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                    connection.execute(
+                        text(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
+                    )
+                current = set(MigrationContext.configure(connection).get_current_heads())
+                known = {
+                    rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()
+                }
+                unknown = current - known
+                if unknown:
+                    raise SchemaTooNew(
+                        f"the database is at revision {', '.join(sorted(unknown))}, which this "
+                        f"server does not know (its newest is {', '.join(sorted(heads))}): "
+                        "deploy newer code"
+                    )
+                if current == heads:
+                    return ", ".join(sorted(heads))
+                log.info(
+                    "migrating database from %s to %s", sorted(current) or "empty", sorted(heads)
+                )
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise MigrationBroken(
+                            f"the migration left {len(broken)} rows breaking a foreign key "
+                            f"(first in table {broken[0][0]}); nothing was changed"
+                        )
+        finally:
+            if sqlite:
+                _raw(connection).execute("PRAGMA foreign_keys = ON")
     return ", ".join(sorted(heads))
+
+
+def _raw(connection: Connection) -> Any:
+    return connection.connection.dbapi_connection
+
+
+def _lock_wait(error: OperationalError) -> bool:
+    """Whether the error is a lock held by another process: SQLite busy, or PostgreSQL's
+    lock_timeout (SQLSTATE 55P03)."""
+    cause = error.orig
+    return getattr(cause, "sqlstate", None) == "55P03" or (
+        getattr(cause, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
+        or "database is locked" in str(cause)
+    )
