@@ -96,9 +96,14 @@ class Server:
         """Forgets request ids older than --request-id-retention, a tenth of it at a time."""
         retention = timedelta(hours=self.settings.request_id_retention)
         while True:
-            await asyncio.sleep(min(PURGE_INTERVAL_SECONDS, retention.total_seconds() / 10))
+            pause = min(PURGE_INTERVAL_SECONDS, retention.total_seconds() / 10)
+            await asyncio.sleep(max(1.0, pause))
             try:
-                await self.database.write(purge_requests, utcnow() - retention)
+                # In chunks, each a short write transaction of its own: on PostgreSQL every
+                # write transaction holds the event-append lock every replica's writes need.
+                purged = 1
+                while purged:
+                    purged = await self.database.write(purge_requests, utcnow() - retention)
             except ResinkitError as error:  # the database is away: next time
                 log.warning("could not purge request ids: %s", error.message)
 
@@ -113,9 +118,11 @@ class Server:
         await self.watches.close()
         # New calls meet the gate (UNAVAILABLE) until they stop coming, rather than stop(),
         # which cancels what its transport accepted: half the grace period at most.
+        began = asyncio.get_running_loop().time()
         await drain(self.gate, GATE_QUIET_SECONDS, self.settings.grace_period / 2)
+        spent = asyncio.get_running_loop().time() - began
         log.info("watch streams ended; waiting for in-flight RPCs")
-        await self.grpc_server.stop(self.settings.grace_period)
+        await self.grpc_server.stop(max(0.0, self.settings.grace_period - spent))
         await asyncio.to_thread(self.database.close)
         log.info("stopped")
 

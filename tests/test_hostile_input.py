@@ -209,3 +209,13 @@ def test_no_hostile_request_is_answered_with_more_than_a_bounded_invalid_argumen
                 grpc.StatusCode.ABORTED,
             ), (error.code(), (error.details() or "")[:200])
             assert len(status_of(error).SerializeToString()) < MAX_STATUS_BYTES
+
+
+def test_every_bad_field_of_a_delete_is_named_at_once(stub: Any) -> None:
+    error = invalid(
+        lambda: stub.DeleteTask(
+            pb.DeleteTaskRequest(task_id="not valid!", etag="e" * 100, actor="a" * 200)
+        ),
+        "task_id",
+    )
+    assert {"task_id", "etag", "actor"} <= violated_fields(error)

@@ -73,16 +73,20 @@ def test_closing_while_a_stream_sends_its_last_replay_page_ends_it_resumably(
     assert active == 0
 
 
-@pytest.mark.parametrize("bound", [{"watch_buffer": 20}, {"watch_buffer_bytes": 64 * 1024}])
+@pytest.mark.parametrize(
+    ("bound", "burst_size"),
+    [({"watch_buffer": 20}, 600), ({"watch_buffer_bytes": 64 * 1024}, 600), ({}, 2500)],
+)
 def test_a_stream_that_keeps_up_is_not_cut_off_by_one_burst(
-    make: Callable[..., Database], bound: dict[str, int]
+    make: Callable[..., Database], bound: dict[str, int], burst_size: int
 ) -> None:
-    """One commit of 600 events (a group commit, or another process's transaction) reaches the
-    tail as one batch: a stream with nothing queued takes it whole."""
+    """One commit of many events (a group commit, or another process's transaction) reaches
+    the tail in batches of up to 1,000: a stream with nothing queued takes a batch whole, and
+    takes each before the tail offers the next."""
     database = make(**bound)
 
     def burst(connection: Connection) -> None:
-        for n in range(600):
+        for n in range(burst_size):
             tasks.create_task(
                 connection, tasks.NewTask(task_id=f"burst-{n}", task_type="w", created_by="t")
             )
@@ -96,7 +100,7 @@ def test_a_stream_that_keeps_up_is_not_cut_off_by_one_burst(
             got += await anext(stream)
             await database.write(burst)
             async with asyncio.timeout(10):
-                while sum(isinstance(item, LogEvent) for item in got) < 600:
+                while sum(isinstance(item, LogEvent) for item in got) < burst_size:
                     got += await anext(stream)
         await watches.close()
         return got
@@ -104,7 +108,7 @@ def test_a_stream_that_keeps_up_is_not_cut_off_by_one_burst(
     got = asyncio.run(scenario())
     assert not [item for item in got if isinstance(item, Ended)]
     assert [item.task_id for item in got if isinstance(item, LogEvent)] == [
-        f"burst-{n}" for n in range(600)
+        f"burst-{n}" for n in range(burst_size)
     ]
 
 

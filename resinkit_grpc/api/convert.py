@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from sqlalchemy import Row
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
@@ -61,7 +60,7 @@ def fill_task(task: pb.Task, values: TaskRecord) -> None:
         task.tags.extend(values["tags"])
 
 
-def event_to_proto(row: Row[Any] | LogEvent) -> pb.TaskEvent:
+def event_to_proto(row: LogEvent) -> pb.TaskEvent:
     event = pb.TaskEvent(
         event_id=row.event_id,
         task_id=row.task_id,

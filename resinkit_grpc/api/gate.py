@@ -56,7 +56,9 @@ async def _refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> 
         code_pb2.UNAVAILABLE,
         "the server is shutting down; nothing was done: retry elsewhere",
         [
-            error_details_pb2.ErrorInfo(reason="SHUTTING_DOWN", domain=DOMAIN),
+            error_details_pb2.ErrorInfo(
+                reason="SHUTTING_DOWN", domain=DOMAIN, metadata={"outcome": "NOT_COMMITTED"}
+            ),
             error_details_pb2.RetryInfo(retry_delay={"nanos": 100_000_000}),
         ],
     )

@@ -225,6 +225,27 @@ def caller(request: Any, problems: Violations | None = None) -> Caller:
 
 
 @dataclass(frozen=True)
+class TaskChange:
+    """DeleteTask and UndeleteTask: which task, the etag guard (DeleteTask), who and the key."""
+
+    task_id: str
+    etag: str | None
+    caller: Caller
+
+
+def task_change(request: pb.DeleteTaskRequest | pb.UndeleteTaskRequest) -> TaskChange:
+    problems = Violations()
+    the_id = _collect(problems, lambda: task_id(request.task_id))
+    the_etag = None
+    if isinstance(request, pb.DeleteTaskRequest):
+        the_etag = _collect(problems, lambda: etag(request.etag))
+    who = caller(request, problems)
+    problems.raise_if_any()
+    assert the_id is not None
+    return TaskChange(the_id, the_etag, who)
+
+
+@dataclass(frozen=True)
 class TaskUpdate:
     task_id: str
     changes: dict[str, Any]

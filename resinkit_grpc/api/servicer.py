@@ -95,18 +95,24 @@ class TaskService(pb_grpc.TaskServiceServicer):
 
     @translate_errors
     async def DeleteTask(self, request: pb.DeleteTaskRequest, context: Context) -> pb.Task:
-        task_id = parse.task_id(request.task_id)
-        etag, who = parse.etag(request.etag), parse.caller(request)
+        change = parse.task_change(request)
         row = await self._db.write(
-            tasks.delete_task, task_id, etag, actor=who.actor, request_id=who.request_id
+            tasks.delete_task,
+            change.task_id,
+            change.etag,
+            actor=change.caller.actor,
+            request_id=change.caller.request_id,
         )
         return task_to_proto(row)
 
     @translate_errors
     async def UndeleteTask(self, request: pb.UndeleteTaskRequest, context: Context) -> pb.Task:
-        task_id, who = parse.task_id(request.task_id), parse.caller(request)
+        change = parse.task_change(request)
         row = await self._db.write(
-            tasks.undelete_task, task_id, actor=who.actor, request_id=who.request_id
+            tasks.undelete_task,
+            change.task_id,
+            actor=change.caller.actor,
+            request_id=change.caller.request_id,
         )
         return task_to_proto(row)
 

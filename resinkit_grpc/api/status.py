@@ -115,6 +115,7 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
             details.append(error_details_pb2.RetryInfo(retry_delay={"nanos": 200_000_000}))
         case Overloaded():
             code, reason = code_pb2.UNAVAILABLE, "OVERLOADED"
+            metadata["outcome"] = "NOT_COMMITTED"
             details.append(error_details_pb2.RetryInfo(retry_delay={"seconds": 1}))
         case _:
             code, reason = code_pb2.INTERNAL, "INTERNAL"

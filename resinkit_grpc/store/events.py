@@ -12,7 +12,6 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Connection,
-    Select,
     Table,
     Text,
     bindparam,
@@ -184,30 +183,6 @@ def _log_page(task_ids: bool, task_types: bool, event_types: bool, bounded: bool
         .where(sized.c.running - sized.c.data_size < bindparam("max_bytes", type_=BigInteger))
         .order_by(sized.c.event_id)
     )
-
-
-def _matching(
-    after_event_id: int,
-    up_to_event_id: int | None,
-    task_ids: Sequence[str],
-    task_types: Sequence[str],
-    event_types: Sequence[str],
-) -> Select[Any]:
-    statement = (
-        select()
-        .select_from(events.join(tasks, tasks.c.task_id == events.c.task_id))
-        .where(events.c.event_id > after_event_id)
-        .order_by(events.c.event_id)
-    )
-    if up_to_event_id is not None:
-        statement = statement.where(events.c.event_id <= up_to_event_id)
-    if task_ids:
-        statement = statement.where(events.c.task_id.in_(task_ids))
-    if task_types:
-        statement = statement.where(tasks.c.task_type.in_(task_types))
-    if event_types:
-        statement = statement.where(events.c.event_type.in_(event_types))
-    return statement
 
 
 def list_task_events(

@@ -61,9 +61,15 @@ def once(
     return outcome
 
 
-def purge_requests(connection: Connection, before: datetime) -> int:
-    """Forgets request ids kept since before `before`; returns how many."""
-    result = connection.execute(delete(requests).where(requests.c.created_at < before))
+def purge_requests(connection: Connection, before: datetime, limit: int = 1000) -> int:
+    """Forgets at most `limit` request ids kept since before `before`; returns how many."""
+    oldest = (
+        select(requests.c.request_id)
+        .where(requests.c.created_at < before)
+        .order_by(requests.c.created_at)
+        .limit(limit)
+    )
+    result = connection.execute(delete(requests).where(requests.c.request_id.in_(oldest)))
     return int(result.rowcount)
 
 

@@ -28,9 +28,6 @@ class Fanout:
         """Whether anybody subscribes. Safe from any thread."""
         return bool(self._subscribed)
 
-    def __len__(self) -> int:
-        return len(self._subscribed)
-
     def subscribe(self, subscription: Subscription, replayed_to: int) -> None:
         """Adds a subscription whose stream has read the log itself up to `replayed_to`, at or
         past this position: from now on it is offered every batch, so it misses nothing."""

@@ -45,10 +45,6 @@ class Subscription:
         self._wakeup = asyncio.Event()
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    @property
     def closed(self) -> bool:
         """Whether the fan-out may forget it: it takes no more events."""
         return self._finished or self._ended is not None

@@ -33,7 +33,7 @@ FALLBACK_POLL_SECONDS = 1.0
 DATA_VERSION_POLL_SECONDS = 0.005
 # How long a LISTEN wait lasts before it checks whether the tail is stopping.
 LISTEN_TIMEOUT_SECONDS = 0.5
-# Pause before a failed commit watcher is started again (doubling while it keeps failing).
+# Pauses before a failed commit watcher is started again, longer while it keeps failing.
 RESTART_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -125,6 +125,9 @@ class EventTail:
                 self.fanout.dispatch([LogEvent.from_row(row) for row in page.rows])
             if page.complete:
                 return
+            # More to read: let the streams take this batch first (a read that fits the loop
+            # budget never suspends), so that one that keeps up is not cut off by the next.
+            await asyncio.sleep(0)
 
     def _watch_commits(
         self,
