@@ -1,6 +1,7 @@
 """Migrations on a database that holds data while another server process keeps serving it: a
 throwaway revision (applied in this test only) that rebuilds `tasks` on SQLite (batch mode's
-copy-and-drop) and alters it under an ACCESS EXCLUSIVE lock on PostgreSQL. The migration
+copy-and-drop) and alters it under an ACCESS EXCLUSIVE lock on PostgreSQL, then builds an
+index (CONCURRENTLY, outside the transaction, on PostgreSQL). The migration
 completes, the serving process errs at most with a documented retryable status, and no row is
 lost; a server booting while another process holds the database waits instead of crashing."""
 
@@ -44,9 +45,18 @@ def upgrade() -> None:
     sqlite = op.get_context().dialect.name == "sqlite"
     with op.batch_alter_table("tasks", recreate="always" if sqlite else "auto") as batch:
         batch.add_column(sa.Column("scratch", sa.Text(), nullable=True))
+    if sqlite:
+        op.create_index("ix_tasks_scratch", "tasks", ["scratch"])
+    else:
+        # Outside the transaction, as an index on a large live table must be built.
+        with op.get_context().autocommit_block():
+            op.create_index(
+                "ix_tasks_scratch", "tasks", ["scratch"], postgresql_concurrently=True
+            )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tasks_scratch", table_name="tasks")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("scratch")
 '''
@@ -147,7 +157,9 @@ def test_a_rebuild_of_tasks_migrates_beside_a_serving_process_and_loses_nothing(
         writer.dispose()
         reader.dispose()
     assert revision == "9001"
-    assert "scratch" in {c["name"] for c in inspect(create_engine(url)).get_columns("tasks")}
+    schema = inspect(create_engine(url, poolclass=NullPool))
+    assert "scratch" in {c["name"] for c in schema.get_columns("tasks")}
+    assert "ix_tasks_scratch" in {i["name"] for i in schema.get_indexes("tasks")}
     assert calls > 20, "the load did not run during the migration"
     assert all(
         e.code() == grpc.StatusCode.UNAVAILABLE and error_reason(e) == "STORAGE_UNAVAILABLE"

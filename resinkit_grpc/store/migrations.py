@@ -1,9 +1,10 @@
 """Boot-time migration: bring the database to this code's Alembic head, or refuse to start.
 
-Runs inside one write transaction: on SQLite that holds the write lock (BEGIN IMMEDIATE), on
-PostgreSQL a transaction-scoped advisory lock, so that replicas booting together migrate once
-while the others wait, then find the database at head. Other processes may keep serving on
-the database meanwhile (see migrate).
+On SQLite it runs inside one write transaction, which holds the write lock (BEGIN IMMEDIATE);
+on PostgreSQL under a session-level advisory lock (a revision may build an index CONCURRENTLY
+outside any transaction). Either way replicas booting together migrate once while the others
+wait, then find the database at head. Other processes may keep serving on the database
+meanwhile (see migrate).
 """
 
 from __future__ import annotations
@@ -79,58 +80,79 @@ def migrate(
 
 
 def _migrate_once(engine: Engine, config: Config) -> str:
-    heads = set(ScriptDirectory.from_config(config).get_heads())
     with engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
-        if sqlite:
-            # SQLite's documented procedure for schema changes: foreign keys off outside the
-            # transaction (batch mode rebuilds a table by dropping it, which would cascade into
-            # the rows that refer to it), checked before commit, on again after.
-            # Through the driver: SQLAlchemy would begin a transaction first, and inside one the
-            # pragma does nothing.
-            _raw(connection).execute("PRAGMA foreign_keys = OFF")
-        try:
-            with connection.begin():
-                if not sqlite:
-                    # Waiting for another replica's migration is unbounded; the migration's own
-                    # statements are not (see migrate).
-                    connection.execute(text("SET LOCAL lock_timeout = 0"))
-                    connection.execute(text("SET LOCAL statement_timeout = 0"))
-                    connection.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        if connection.dialect.name == "sqlite":
+            _migrate_sqlite(connection, config)
+        else:
+            _migrate_postgresql(connection, config)
+    return ", ".join(sorted(ScriptDirectory.from_config(config).get_heads()))
+
+
+def _migrate_sqlite(connection: Connection, config: Config) -> None:
+    """In one transaction holding the write lock (BEGIN IMMEDIATE), following SQLite's
+    documented procedure for schema changes: foreign keys off outside the transaction (batch
+    mode rebuilds a table by dropping it, which would cascade into the rows that refer to it),
+    checked before commit, on again after."""
+    # Through the driver: SQLAlchemy would begin a transaction first, and inside one the
+    # pragma does nothing.
+    _raw(connection).execute("PRAGMA foreign_keys = OFF")
+    try:
+        with connection.begin():
+            if _upgrade_if_behind(connection, config):
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise MigrationBroken(
+                        f"the migration left {len(broken)} rows breaking a foreign key "
+                        f"(first in table {broken[0][0]}); nothing was changed"
                     )
-                    connection.execute(
-                        text(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
-                    )
-                current = set(MigrationContext.configure(connection).get_current_heads())
-                known = {
-                    rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()
-                }
-                unknown = current - known
-                if unknown:
-                    raise SchemaTooNew(
-                        f"the database is at revision {', '.join(sorted(unknown))}, which this "
-                        f"server does not know (its newest is {', '.join(sorted(heads))}): "
-                        "deploy newer code"
-                    )
-                if current == heads:
-                    return ", ".join(sorted(heads))
-                log.info(
-                    "migrating database from %s to %s", sorted(current) or "empty", sorted(heads)
-                )
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
-                if sqlite:
-                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                    if broken:
-                        raise MigrationBroken(
-                            f"the migration left {len(broken)} rows breaking a foreign key "
-                            f"(first in table {broken[0][0]}); nothing was changed"
-                        )
-        finally:
-            if sqlite:
-                _raw(connection).execute("PRAGMA foreign_keys = ON")
-    return ", ".join(sorted(heads))
+    finally:
+        _raw(connection).execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate_postgresql(connection: Connection, config: Config) -> None:
+    """Under a session-level advisory lock, so that replicas booting together migrate once;
+    session-level because a revision may leave the transaction to build an index
+    CONCURRENTLY (op.get_context().autocommit_block()), and the lock must hold through it.
+    Alembic's environment runs the revisions in a transaction of its own."""
+    # Waiting for another replica's migration is unbounded; the migration's own lock waits
+    # are not (see migrate); index builds may take long.
+    connection.exec_driver_sql("SET lock_timeout = 0")
+    connection.exec_driver_sql("SET statement_timeout = 0")
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    connection.exec_driver_sql(f"SET lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
+    connection.commit()
+    try:
+        _upgrade_if_behind(connection, config)
+        connection.commit()
+    finally:
+        connection.rollback()
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        # Back to the bounds ordinary statements get (engine.POSTGRES_CONNECT_ARGS).
+        connection.exec_driver_sql("RESET lock_timeout")
+        connection.exec_driver_sql("RESET statement_timeout")
+        connection.commit()
+
+
+def _upgrade_if_behind(connection: Connection, config: Config) -> bool:
+    """Upgrades to head unless the database is there; whether it did. A revision this code
+    does not know is SchemaTooNew."""
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
+    unknown = current - known
+    if unknown:
+        raise SchemaTooNew(
+            f"the database is at revision {', '.join(sorted(unknown))}, which this server does "
+            f"not know (its newest is {', '.join(sorted(heads))}): deploy newer code"
+        )
+    if current == heads:
+        return False
+    log.info("migrating database from %s to %s", sorted(current) or "empty", sorted(heads))
+    if connection.dialect.name == "postgresql":
+        connection.commit()  # the revisions run in the environment's own transaction
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+    return True
 
 
 def _raw(connection: Connection) -> Any:
