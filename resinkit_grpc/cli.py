@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -233,7 +233,6 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         if problem is not None:
             raise SystemExit(f"resinkit-grpc: error: {source} {problem} (got {given!r})")
         values[option.field] = given
-    assert {option.field for option in OPTIONS} == {item.name for item in fields(Settings)}
     return Settings(**values)
 
 

@@ -294,3 +294,15 @@ def test_an_open_health_watch_is_told_not_serving_and_does_not_hold_up_shutdown(
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert server.wait() == 0
     assert time.monotonic() - began < 2.5, "shutdown waited for the health watch"
+
+
+def test_every_setting_has_its_flag_and_every_flag_its_setting() -> None:
+    from dataclasses import fields
+
+    from resinkit_grpc.cli import OPTIONS
+    from resinkit_grpc.config import Settings
+
+    assert sorted(option.field for option in OPTIONS) == sorted(f.name for f in fields(Settings))
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for option in OPTIONS:  # and each is documented, with its environment variable
+        assert f"| `{option.flag}` | `RESINKIT_{option.field.upper()}` |" in readme, option.flag

@@ -173,8 +173,7 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
         "task.status",
         "a new task starts in TASK_STATUS_PENDING; leave status unset",
     )
-    problems.text(request.request_id, "request_id", MAX_SHORT_TEXT)
-    problems.text(request.actor, "actor", MAX_SHORT_TEXT)
+    who = caller(request, problems)
     problems.text(task.created_by, "task.created_by", MAX_SHORT_TEXT)
     _check_texts(problems, task)
     configs = _struct(problems, task, "submitted_configs") or {}
@@ -199,8 +198,8 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
         tags=_tags(problems, task.tags),
         expires_at=_timestamp(problems, task, "expires_at"),
         timeout_seconds=float(timeout) if timeout is not None else None,
-        request_id=optional_text(request.request_id),
-        actor=optional_text(request.actor),
+        request_id=who.request_id,
+        actor=who.actor,
     )
     problems.raise_if_any()
     return new
@@ -301,8 +300,7 @@ def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
     _enum(request.status, pb.TaskStatus.DESCRIPTOR, "status")
     status = PROTO_TO_STATUS[request.status]
     problems = Violations()
-    problems.text(request.actor, "actor", MAX_SHORT_TEXT)
-    problems.text(request.request_id, "request_id", MAX_SHORT_TEXT)
+    who = caller(request, problems)
     the_etag = _collect(problems, lambda: etag(request.etag))
     details = {}
     for name in STATUS_DETAIL_FIELDS:
@@ -314,9 +312,9 @@ def status_change(request: pb.UpdateTaskStatusRequest) -> StatusChange:
         task_id=the_id,
         status=status,
         details=details,
-        actor=optional_text(request.actor),
+        actor=who.actor,
         etag=the_etag,
-        request_id=optional_text(request.request_id),
+        request_id=who.request_id,
     )
 
 

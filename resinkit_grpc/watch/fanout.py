@@ -28,14 +28,15 @@ class Fanout:
         """Whether anybody subscribes. Safe from any thread."""
         return bool(self._subscribed)
 
-    def subscribe(self, subscription: Subscription, replayed_to: int) -> None:
-        """Adds a subscription whose stream has read the log itself up to `replayed_to`, at or
-        past this position: from now on it is offered every batch, so it misses nothing."""
-        assert replayed_to >= self.position, (replayed_to, self.position)
+    def subscribe(self, subscription: Subscription, joined_at: int) -> None:
+        """Adds a subscription that joins at `joined_at`: at or past this position and never
+        beyond the log's end; its stream reads everything up to there from the table itself.
+        From now on it is offered every batch, so it misses nothing after it."""
+        assert joined_at >= self.position, (joined_at, self.position)
         if not self._subscribed:
-            # Nothing is read while nobody listens; the first subscriber has read the log up
-            # to replayed_to (never beyond its real end), so reading resumes there.
-            self.position = replayed_to
+            # Nothing is read while nobody listens: reading resumes where the first subscriber
+            # joins.
+            self.position = joined_at
         if subscription.filter.task_ids:
             for task_id in subscription.filter.task_ids:
                 self._by_task[task_id].add(subscription)

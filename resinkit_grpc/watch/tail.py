@@ -86,11 +86,10 @@ class EventTail:
         wake the tail: it reads nothing then, and the first subscriber wakes it (subscribe)."""
         return self.fanout.listening
 
-    def subscribe(self, subscription: Subscription, replayed_to: int) -> None:
-        """Adds a subscription that has read the log itself up to `replayed_to` (see
-        Fanout.subscribe)."""
+    def subscribe(self, subscription: Subscription, joined_at: int) -> None:
+        """Adds a subscription that joins at `joined_at` (see Fanout.subscribe)."""
         first = not self.fanout.listening
-        self.fanout.subscribe(subscription, replayed_to)
+        self.fanout.subscribe(subscription, joined_at)
         if first:
             # Commits made since that replay's snapshot found nobody to read for: look now,
             # rather than at the next commit or the fallback timer.
