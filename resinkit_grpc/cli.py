@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.config import Settings
+from resinkit_grpc.security.tls import TLSError
 from resinkit_grpc.server import ServerError, serve
 from resinkit_grpc.store.engine import DatabaseURLError, create_engines
 from resinkit_grpc.store.migrations import MigrationBroken, SchemaTooNew, migrate
@@ -55,6 +56,10 @@ def host_and_port(value: Any) -> str | None:
     return "must be HOST:PORT (port 0 to 65535)"
 
 
+def any_text(value: Any) -> str | None:
+    return None
+
+
 def non_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
 
@@ -75,6 +80,21 @@ OPTIONS = [
         str,
         "HOST:PORT to listen on (port 0 picks a free one)",
         host_and_port,
+    ),
+    Option(
+        "--tls-cert",
+        "tls_cert",
+        str,
+        "TLS: the server's certificate chain (PEM file); with --tls-key, TLS only",
+        any_text,
+    ),
+    Option("--tls-key", "tls_key", str, "TLS: the server's private key (PEM file)", any_text),
+    Option(
+        "--tls-client-ca",
+        "tls_client_ca",
+        str,
+        "mutual TLS: clients must present a certificate signed by this CA (PEM file)",
+        any_text,
     ),
     Option(
         "--database-url",
@@ -233,7 +253,12 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
         if problem is not None:
             raise SystemExit(f"resinkit-grpc: error: {source} {problem} (got {given!r})")
         values[option.field] = given
-    return Settings(**values)
+    settings = Settings(**values)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SystemExit("resinkit-grpc: error: --tls-cert and --tls-key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise SystemExit("resinkit-grpc: error: --tls-client-ca needs --tls-cert and --tls-key")
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -254,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reader.dispose()
         else:
             asyncio.run(serve(settings))
-    except (DatabaseURLError, MigrationBroken, SchemaTooNew, ServerError) as exc:
+    except (DatabaseURLError, MigrationBroken, SchemaTooNew, ServerError, TLSError) as exc:
         sys.exit(f"resinkit-grpc: error: {exc}")
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__

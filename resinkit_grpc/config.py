@@ -8,6 +8,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Settings:
     address: str = "127.0.0.1:50051"
+    # TLS: the server's certificate chain and key (PEM); both, or neither (plaintext).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Mutual TLS: client certificates must be signed by this CA (PEM); needs tls_cert/tls_key.
+    tls_client_ca: str = ""
     database_url: str = "sqlite:///sqlite.db"
     # Seconds in-flight RPCs get to finish after SIGTERM/SIGINT.
     grace_period: float = 10.0

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +23,7 @@ from resinkit_grpc.api.servicer import TaskService
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import ResinkitError
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.security.tls import CertificateFiles, ReloadingCredentials
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.migrations import migrate
@@ -52,6 +55,15 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.tls: ReloadingCredentials | None = None
+        if settings.tls_cert:  # TLSError: one line, before anything else is touched
+            self.tls = ReloadingCredentials(
+                CertificateFiles(
+                    Path(settings.tls_cert),
+                    Path(settings.tls_key),
+                    Path(settings.tls_client_ca) if settings.tls_client_ca else None,
+                )
+            )
         self.database = Database(settings)
         self.health = Health()
         self.gate = ShutdownGate()
@@ -69,16 +81,31 @@ class Server:
         log.info("database at revision %s", revision)
         secret = await self.database.write(load_or_create_secret, "page_tokens")
         await self.watches.start()
-        service = TaskService(self.database, PageTokens(bytes.fromhex(secret)), self.watches)
+        service = TaskService(
+            self.database,
+            PageTokens(bytes.fromhex(secret)),
+            self.watches,
+            mutual_tls=bool(self.settings.tls_client_ca),
+        )
         add_task_service(service, self.grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )
+        address = self.settings.address
         try:
-            self.port = self.grpc_server.add_insecure_port(self.settings.address)
+            if self.tls is not None:
+                self.port = self.grpc_server.add_secure_port(address, self.tls.credentials())
+            else:
+                self.port = self.grpc_server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise ServerError(f"cannot listen on {self.settings.address}") from exc
+            raise ServerError(f"cannot listen on {address}") from exc
+        if self.tls is None and not _loopback(address):
+            log.warning(
+                "serving plaintext on %s, beyond this machine: anyone who can reach it reads "
+                "and changes every task; give --tls-cert and --tls-key",
+                address,
+            )
         await self.grpc_server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -131,6 +158,16 @@ class Server:
         await self.watches.close()
         await self.grpc_server.stop(0)
         await asyncio.to_thread(self.database.close)
+
+
+def _loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(settings: Settings) -> None:

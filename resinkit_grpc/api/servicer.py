@@ -4,6 +4,7 @@ result. The servicer never opens a transaction; Database does, around a store op
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from resinkit_grpc.api.status import (
 )
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from resinkit_grpc.security.tls import principal_of
 from resinkit_grpc.store import events, tasks
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.watch.items import LogEvent, Passed
@@ -35,14 +37,32 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class TaskService(pb_grpc.TaskServiceServicer):
-    def __init__(self, database: Database, page_tokens: PageTokens, watches: Watches) -> None:
+    def __init__(
+        self,
+        database: Database,
+        page_tokens: PageTokens,
+        watches: Watches,
+        *,
+        mutual_tls: bool = False,
+    ) -> None:
         self._db = database
         self._tokens = page_tokens
         self._watches = watches
+        self._mutual_tls = mutual_tls
+
+    def _actor(self, context: Context, named: str | None) -> str | None:
+        """Who makes a mutation: with mutual TLS, the client certificate's identity, whatever
+        the request names (documented: actor and created_by are overwritten)."""
+        if self._mutual_tls:
+            return principal_of(context) or named
+        return named
 
     @translate_errors
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.Task:
-        row = await self._db.write(tasks.create_task, parse.create_task(request))
+        new = parse.create_task(request)
+        if self._mutual_tls and (caller := self._actor(context, None)) is not None:
+            new = dataclasses.replace(new, created_by=caller, actor=caller)
+        row = await self._db.write(tasks.create_task, new)
         return task_to_proto(row)
 
     @translate_errors
@@ -81,7 +101,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
             update.task_id,
             update.changes,
             update.etag,
-            actor=update.caller.actor,
+            actor=self._actor(context, update.caller.actor),
             request_id=update.caller.request_id,
         )
         return task_to_proto(row)
@@ -90,7 +110,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
     async def UpdateTaskStatus(
         self, request: pb.UpdateTaskStatusRequest, context: Context
     ) -> pb.Task:
-        row = await self._db.write(tasks.update_task_status, parse.status_change(request))
+        change = parse.status_change(request)
+        if self._mutual_tls:
+            change = dataclasses.replace(change, actor=self._actor(context, change.actor))
+        row = await self._db.write(tasks.update_task_status, change)
         return task_to_proto(row)
 
     @translate_errors
@@ -100,7 +123,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
             tasks.delete_task,
             change.task_id,
             change.etag,
-            actor=change.caller.actor,
+            actor=self._actor(context, change.caller.actor),
             request_id=change.caller.request_id,
         )
         return task_to_proto(row)
@@ -111,7 +134,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         row = await self._db.write(
             tasks.undelete_task,
             change.task_id,
-            actor=change.caller.actor,
+            actor=self._actor(context, change.caller.actor),
             request_id=change.caller.request_id,
         )
         return task_to_proto(row)
