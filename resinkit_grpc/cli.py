@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.security.tls import TLSError
+from resinkit_grpc.security.tokens import TokensError, new_token
 from resinkit_grpc.server import ServerError, serve
 from resinkit_grpc.store.engine import DatabaseURLError, create_engines
 from resinkit_grpc.store.migrations import MigrationBroken, SchemaTooNew, migrate
@@ -54,6 +55,16 @@ def host_and_port(value: Any) -> str | None:
     if host and port.isdigit() and int(port) <= 65535:
         return None
     return "must be HOST:PORT (port 0 to 65535)"
+
+
+def boolean(text: str) -> bool:
+    """A switch: given as a flag (no value), or in its environment variable as true/false."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def any_text(value: Any) -> str | None:
@@ -94,6 +105,20 @@ OPTIONS = [
         "tls_client_ca",
         str,
         "mutual TLS: clients must present a certificate signed by this CA (PEM file)",
+        any_text,
+    ),
+    Option(
+        "--auth-tokens-file",
+        "auth_tokens_file",
+        str,
+        "bearer tokens and their roles (TOML); every call then needs one (health aside)",
+        any_text,
+    ),
+    Option(
+        "--auth-reflection",
+        "auth_reflection",
+        boolean,
+        "with --auth-tokens-file: reflection needs a token too",
         any_text,
     ),
     Option(
@@ -223,13 +248,31 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         for option in OPTIONS:
             default = getattr(DEFAULTS, option.field)
-            command.add_argument(
-                option.flag,
-                dest=option.field,
-                type=option.kind,
-                default=None,
-                help=f"{option.help} [{env_name(option.field)}, default {default}]",
-            )
+            described = f"{option.help} [{env_name(option.field)}, default {default}]"
+            if option.kind is boolean:
+                command.add_argument(
+                    option.flag,
+                    dest=option.field,
+                    action="store_const",
+                    const=True,
+                    default=None,
+                    help=described,
+                )
+            else:
+                command.add_argument(
+                    option.flag,
+                    dest=option.field,
+                    type=option.kind,
+                    default=None,
+                    help=described,
+                )
+    tokens = commands.add_parser("tokens", help="make bearer tokens for --auth-tokens-file")
+    token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
+    new = token_commands.add_parser(
+        "new", help="print a fresh token once, and the entry that grants it"
+    )
+    new.add_argument("--principal", required=True, help="who holds the token")
+    new.add_argument("--role", required=True, choices=("reader", "writer", "admin"))
     return parser
 
 
@@ -256,6 +299,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
     settings = Settings(**values)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SystemExit("resinkit-grpc: error: --tls-cert and --tls-key go together")
+    if settings.auth_reflection and not settings.auth_tokens_file:
+        raise SystemExit("resinkit-grpc: error: --auth-reflection needs --auth-tokens-file")
     if settings.tls_client_ca and not settings.tls_cert:
         raise SystemExit("resinkit-grpc: error: --tls-client-ca needs --tls-cert and --tls-key")
     return settings
@@ -263,6 +308,12 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "tokens":
+        token, entry = new_token(args.principal, args.role)
+        print(f"token: {token}")
+        print(f"\nShown once: give it to {args.principal}. Add this to the tokens file:\n")
+        print(entry, end="")
+        return
     settings = settings_from(args, dict(os.environ))
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -279,7 +330,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             reader.dispose()
         else:
             asyncio.run(serve(settings))
-    except (DatabaseURLError, MigrationBroken, SchemaTooNew, ServerError, TLSError) as exc:
+    except (
+        DatabaseURLError,
+        MigrationBroken,
+        SchemaTooNew,
+        ServerError,
+        TLSError,
+        TokensError,
+    ) as exc:
         sys.exit(f"resinkit-grpc: error: {exc}")
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__

@@ -13,6 +13,10 @@ class Settings:
     tls_key: str = ""
     # Mutual TLS: client certificates must be signed by this CA (PEM); needs tls_cert/tls_key.
     tls_client_ca: str = ""
+    # Bearer tokens (TOML: principal, role, sha256 of the token); empty: no token needed.
+    auth_tokens_file: str = ""
+    # With tokens: reflection needs one too (health never does).
+    auth_reflection: bool = False
     database_url: str = "sqlite:///sqlite.db"
     # Seconds in-flight RPCs get to finish after SIGTERM/SIGINT.
     grace_period: float = 10.0

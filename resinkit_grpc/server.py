@@ -23,7 +23,9 @@ from resinkit_grpc.api.servicer import TaskService
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import ResinkitError
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.security.auth import Authenticator
 from resinkit_grpc.security.tls import CertificateFiles, ReloadingCredentials
+from resinkit_grpc.security.tokens import TokenFile
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.migrations import migrate
@@ -64,12 +66,17 @@ class Server:
                     Path(settings.tls_client_ca) if settings.tls_client_ca else None,
                 )
             )
+        interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        self.gate = ShutdownGate()
+        interceptors.append(self.gate)
+        if settings.auth_tokens_file:  # TokensError: one line, before anything is touched
+            tokens = TokenFile(Path(settings.auth_tokens_file))
+            interceptors.append(Authenticator(tokens, protect_reflection=settings.auth_reflection))
         self.database = Database(settings)
         self.health = Health()
-        self.gate = ShutdownGate()
         self.grpc_server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[self.gate],
+            interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.watches = Watches(self.database, settings)

@@ -20,8 +20,12 @@ from tests.rpc import detail
 class Watcher:
     """Records one WatchTaskEvents stream (events, heartbeats and how it ended) on a thread."""
 
-    def __init__(self, stub: Any, **request: Any) -> None:
-        self.call = stub.WatchTaskEvents(pb.WatchTaskEventsRequest(**request))
+    def __init__(
+        self, stub: Any, *, metadata: Sequence[tuple[str, str]] = (), **request: Any
+    ) -> None:
+        self.call = stub.WatchTaskEvents(
+            pb.WatchTaskEventsRequest(**request), metadata=list(metadata)
+        )
         self.events: list[pb.TaskEvent] = []
         self.heartbeats: list[int] = []
         # Every message's position in the order received: ("event" | "heartbeat", event_id).

@@ -27,6 +27,7 @@ from resinkit_grpc.api.status import (
 )
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from resinkit_grpc.security.auth import current_caller, token_withdrawn
 from resinkit_grpc.security.tls import principal_of
 from resinkit_grpc.store import events, tasks
 from resinkit_grpc.store.database import Database
@@ -50,17 +51,23 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self._watches = watches
         self._mutual_tls = mutual_tls
 
+    def _authenticated(self, context: Context) -> str | None:
+        """The caller's authenticated identity: its token's principal, else its client
+        certificate's (mutual TLS); None when authentication is off."""
+        caller = current_caller.get()
+        if caller is not None:
+            return caller.identity.principal
+        return principal_of(context) if self._mutual_tls else None
+
     def _actor(self, context: Context, named: str | None) -> str | None:
-        """Who makes a mutation: with mutual TLS, the client certificate's identity, whatever
-        the request names (documented: actor and created_by are overwritten)."""
-        if self._mutual_tls:
-            return principal_of(context) or named
-        return named
+        """Who makes a mutation: the authenticated identity when there is one, whatever the
+        request names (documented: actor and created_by are overwritten)."""
+        return self._authenticated(context) or named
 
     @translate_errors
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.Task:
         new = parse.create_task(request)
-        if self._mutual_tls and (caller := self._actor(context, None)) is not None:
+        if (caller := self._authenticated(context)) is not None:
             new = dataclasses.replace(new, created_by=caller, actor=caller)
         row = await self._db.write(tasks.create_task, new)
         return task_to_proto(row)
@@ -111,8 +118,8 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self, request: pb.UpdateTaskStatusRequest, context: Context
     ) -> pb.Task:
         change = parse.status_change(request)
-        if self._mutual_tls:
-            change = dataclasses.replace(change, actor=self._actor(context, change.actor))
+        if (caller := self._authenticated(context)) is not None:
+            change = dataclasses.replace(change, actor=caller)
         row = await self._db.write(tasks.update_task_status, change)
         return task_to_proto(row)
 
@@ -171,7 +178,10 @@ class TaskService(pb_grpc.TaskServiceServicer):
             translate_stream_errors(context),
             contextlib.aclosing(self._watches.stream(parse.watch(request))) as stream,
         ):
+            caller = current_caller.get()
             async for items in stream:
+                if caller is not None and not caller.still_valid():
+                    await abort(context, token_withdrawn())
                 for item in items:
                     if isinstance(item, LogEvent):
                         yield watch_event(item)
