@@ -219,3 +219,57 @@ def test_every_bad_field_of_a_delete_is_named_at_once(stub: Any) -> None:
         "task_id",
     )
     assert {"task_id", "etag", "actor"} <= violated_fields(error)
+
+
+UNDECODABLE_PAYLOADS = {
+    "bad UTF-8": b"\x0a\x01\xff",
+    "truncated": b"\x0a\x05ab",
+    "corrupt tag": b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+}
+
+
+def nested_struct_request(depth: int) -> bytes:
+    """A CreateTaskRequest whose submitted_configs nests `depth` Structs, written by hand:
+    protobuf refuses to build one that deep."""
+    inner = b""
+    for _ in range(depth):
+        value = b"\x2a" + _varint(len(inner)) + inner  # Value.struct_value
+        entry = b"\x0a\x01a" + b"\x12" + _varint(len(value)) + value  # fields["a"]
+        inner = b"\x0a" + _varint(len(entry)) + entry  # Struct.fields
+    task = b"\x12\x01x" + b"\x62" + _varint(len(inner)) + inner  # task_type, submitted_configs
+    return b"\x0a" + _varint(len(task)) + task
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def test_a_request_that_cannot_be_decoded_is_invalid_argument_not_unknown(
+    server: Any,
+) -> None:
+    channel = server.channel()
+    assert pb.CreateTaskRequest.FromString(nested_struct_request(8)).task.submitted_configs
+    methods = [m.name for m in pb.DESCRIPTOR.services_by_name["TaskService"].methods]
+    for method in methods:
+        payloads = dict(UNDECODABLE_PAYLOADS)
+        if method == "CreateTask":  # the request with a JSON field at its top
+            payloads["nested 64 deep"] = nested_struct_request(64)
+        path = f"/resinkit.v1.TaskService/{method}"
+        streaming = method == "WatchTaskEvents"
+        call = (channel.unary_stream if streaming else channel.unary_unary)(path)
+        for name, payload in payloads.items():
+            with pytest.raises(grpc.RpcError) as failed:
+                answer = call(payload, timeout=10)
+                if streaming:
+                    list(answer)
+            error = failed.value
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, name, error)
+            assert "request" in violated_fields(error), (method, name)
+            assert "DecodeError" not in (error.details() or "")
+    log = server.log()
+    assert "DecodeError" not in log and "Traceback" not in log

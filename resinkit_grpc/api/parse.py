@@ -79,6 +79,26 @@ OUTPUT_ONLY_FIELDS = frozenset(
 EVENT_TYPES = frozenset(event_type.value for event_type in EventType)
 
 
+class Undecodable:
+    """A request that gRPC could not decode (invalid UTF-8, truncated or corrupt wire data,
+    JSON nested deeper than protobuf parses; see api/registration.py): answered
+    INVALID_ARGUMENT like any other bad input, instead of gRPC's UNKNOWN with the decoder's
+    text."""
+
+    __slots__ = ()
+
+
+UNDECODABLE = Undecodable()
+
+
+def decodable(request: Any) -> None:
+    if request is UNDECODABLE:
+        raise InvalidArgument.one(
+            "request",
+            "cannot be decoded as this method's message (bad UTF-8, corrupt or nested too deep)",
+        )
+
+
 class Violations:
     """Collects every problem with a request, so the caller learns of all of them at once."""
 
@@ -521,6 +541,7 @@ def _collect(problems: Violations, parse: Callable[[], T]) -> T | None:
 
 
 def watch(request: pb.WatchTaskEventsRequest) -> WatchRequest:
+    decodable(request)
     problems = Violations()
     for index, value in enumerate(request.task_ids):
         if not value or not TASK_ID_PATTERN.fullmatch(value):

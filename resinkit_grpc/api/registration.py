@@ -8,10 +8,26 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from resinkit_grpc.api.parse import UNDECODABLE
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["TaskService"]
+
+
+def _decoder(message_class: Any) -> Any:
+    parse = message_class.FromString
+
+    def decode(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return UNDECODABLE
+
+    return decode
+
+
 # Methods whose handlers yield serialized messages (bytes) rather than messages.
 PRE_ENCODED = frozenset({"WatchTaskEvents"})
 
@@ -20,7 +36,7 @@ def add_task_service(servicer: Any, server: grpc.aio.Server) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SERVICE.methods:
         behaviour = getattr(servicer, method.name)
-        deserialize = getattr(pb, method.input_type.name).FromString
+        deserialize = _decoder(getattr(pb, method.input_type.name))
         serialize = getattr(pb, method.output_type.name).SerializeToString
         if method.client_streaming:
             raise NotImplementedError(f"{method.name}: client streaming is not registered here")

@@ -14,6 +14,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from resinkit_grpc.api.parse import decodable
 from resinkit_grpc.errors import (
     EtagMismatch,
     InvalidArgument,
@@ -209,6 +210,7 @@ def translate_errors(handler: Handler[Request, Response]) -> Handler[Request, Re
         self: Any, request: Request, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Response:
         try:
+            decodable(request)
             return await handler(self, request, context)
         except ResinkitError as error:
             await abort(context, to_status(error))
