@@ -181,6 +181,13 @@ OPTIONS = [
         between(1, 1_000_000),
     ),
     Option(
+        "--max-receive-message-bytes",
+        "max_receive_message_bytes",
+        int,
+        "the largest request accepted, in bytes (65536 to 67108864)",
+        between(64 * 1024, 64 * 1024 * 1024),
+    ),
+    Option(
         "--pool-timeout",
         "pool_timeout",
         float,
@@ -200,6 +207,14 @@ OPTIONS = [
         int,
         "WatchTaskEvents: concurrent streams allowed (1 to 100000)",
         between(1, 100_000),
+    ),
+    Option(
+        "--max-watchers-per-principal",
+        "max_watchers_per_principal",
+        int,
+        "WatchTaskEvents: concurrent streams one authenticated principal may hold (0: no "
+        "limit) (0 to 100000)",
+        between(0, 100_000),
     ),
     Option(
         "--watch-buffer",

@@ -37,11 +37,15 @@ class Settings:
     # RPCs in progress at once (streams included) beyond which gRPC refuses new ones with
     # RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = 5_000
+    # The largest request gRPC accepts, in bytes (beyond it: RESOURCE_EXHAUSTED).
+    max_receive_message_bytes: int = 4 * 1024 * 1024
     # PostgreSQL: seconds to wait for a pooled connection before the call is UNAVAILABLE.
     pool_timeout: float = 10.0
     # WatchTaskEvents.
     heartbeat_interval: float = 15.0
     max_watchers: int = 2000
+    # WatchTaskEvents streams one authenticated principal may hold at once (0: no such limit).
+    max_watchers_per_principal: int = 0
     watch_buffer: int = 1000
     # Bytes of events (their stored event_data plus a fixed overhead each) buffered per stream
     # before a slow reader is cut off; also the most one replay page or tail batch reads.

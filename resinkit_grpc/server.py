@@ -41,11 +41,14 @@ PURGE_INTERVAL_SECONDS = 600.0
 # Once the gate is closed, how long no call must arrive before the server stops.
 GATE_QUIET_SECONDS = 0.1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
-SERVER_OPTIONS = [
-    # Never share a port with another process: a second server on the same address must fail.
-    ("grpc.so_reuseport", 0),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-]
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        # Never share a port with another process: a second server on the same address fails.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+    ]
 
 
 class ServerError(RuntimeError):
@@ -75,7 +78,7 @@ class Server:
         self.database = Database(settings)
         self.health = Health()
         self.grpc_server = grpc.aio.server(
-            options=SERVER_OPTIONS,
+            options=server_options(settings),
             interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )

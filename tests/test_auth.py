@@ -230,3 +230,27 @@ def test_a_bad_tokens_file_is_one_line_at_boot(content: str, tmp_path: Path) -> 
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "tokens file" in lines[0], lines
+
+
+def test_one_principal_may_hold_only_so_many_watches(
+    start_server: Callable[..., ServerProcess], tokens: Tokens
+) -> None:
+    server = start_server(
+        "--auth-tokens-file", str(tokens.path), "--max-watchers-per-principal", "2"
+    )
+    stub = server.stub()
+    reader = [("authorization", f"Bearer {tokens.by_role['reader']}")]
+    held = [Watcher(stub, metadata=reader) for _ in range(2)]
+    for watcher in held:
+        watcher.wait_live()
+    refused = Watcher(stub, metadata=reader)
+    assert refused.done.wait(10) and refused.error is not None
+    assert refused.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(refused.error) == "TOO_MANY_WATCHERS"
+    other = Watcher(stub, metadata=[("authorization", f"Bearer {tokens.by_role['writer']}")])
+    other.wait_live()  # another principal is not held back
+    held[0].stop()
+    again = Watcher(stub, metadata=reader)
+    again.wait_live()  # a slot freed by the first reader's stream
+    for watcher in (held[1], other, again):
+        watcher.stop()

@@ -134,3 +134,18 @@ def test_event_pages_of_large_events_stop_early_and_miss_nothing(stub: Any) -> N
         if not token:
             break
     assert len(seen) == len(set(seen)) == 7 and seen == sorted(seen)
+
+
+def test_the_largest_request_accepted_is_a_setting(
+    start_server: Any,
+) -> None:
+    """Beyond --max-receive-message-bytes gRPC refuses the request (RESOURCE_EXHAUSTED); within
+    it, the request meets the field bounds like any other."""
+    huge = pb.CreateTaskRequest(task=pb.Task(task_type="huge"))
+    huge.task.submitted_configs.update(blob(5_000_000))
+    small = start_server()
+    error = rpc_error(lambda: small.stub().CreateTask(huge), grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    large = start_server("--max-receive-message-bytes", str(8 * 1024 * 1024))
+    error = rpc_error(lambda: large.stub().CreateTask(huge), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "task.submitted_configs" in violated_fields(error)

@@ -32,7 +32,7 @@ from resinkit_grpc.security.tls import principal_of
 from resinkit_grpc.store import events, tasks
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.watch.items import LogEvent, Passed
-from resinkit_grpc.watch.watches import Watches
+from resinkit_grpc.watch.watches import Watches, WatchRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -58,6 +58,11 @@ class TaskService(pb_grpc.TaskServiceServicer):
         if caller is not None:
             return caller.identity.principal
         return principal_of(context) if self._mutual_tls else None
+
+    def _watch(self, request: pb.WatchTaskEventsRequest, context: Context) -> WatchRequest:
+        wanted = parse.watch(request)
+        owner = self._authenticated(context)
+        return wanted if owner is None else dataclasses.replace(wanted, owner=owner)
 
     def _actor(self, context: Context, named: str | None) -> str | None:
         """Who makes a mutation: the authenticated identity when there is one, whatever the
@@ -176,7 +181,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
         """Yields serialized WatchTaskEventsResponse messages (see api/registration.py)."""
         async with (
             translate_stream_errors(context),
-            contextlib.aclosing(self._watches.stream(parse.watch(request))) as stream,
+            contextlib.aclosing(self._watches.stream(self._watch(request, context))) as stream,
         ):
             caller = current_caller.get()
             async for items in stream:

@@ -132,8 +132,8 @@ _ENDINGS = {
     ),
     EndReason.TOO_MANY_WATCHERS: (
         code_pb2.RESOURCE_EXHAUSTED,
-        "this server already serves as many watchers as it may (--max-watchers); retry later "
-        "or elsewhere",
+        "this server already serves as many watchers as it may (--max-watchers, or "
+        "--max-watchers-per-principal for this caller); retry later or elsewhere",
     ),
     EndReason.SHUTTING_DOWN: (code_pb2.UNAVAILABLE, "the server is shutting down; reconnect"),
 }

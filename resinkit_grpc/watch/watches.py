@@ -6,6 +6,7 @@ strictly increasing position; whoever serves it over a transport maps items to m
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ class WatchRequest:
     until_terminal: str | None = None
     # With until_terminal: a task that does not exist yet is waited for, not NOT_FOUND.
     wait_for_creation: bool = False
+    # Whose stream it is (the authenticated principal), for the per-principal limit.
+    owner: str | None = None
 
 
 class Watches:
@@ -40,6 +43,7 @@ class Watches:
         self._settings = settings
         self.tail = EventTail(database, batch_bytes=settings.watch_buffer_bytes)
         self.active = 0
+        self._owned: collections.Counter[str] = collections.Counter()
         self._closing = False
         self._live: set[Subscription] = set()
 
@@ -61,10 +65,15 @@ class Watches:
         if self._closing:
             yield [Ended(EndReason.SHUTTING_DOWN, after)]
             return
-        if self.active >= self._settings.max_watchers:
+        owner, per_owner = request.owner, self._settings.max_watchers_per_principal
+        if self.active >= self._settings.max_watchers or (
+            owner is not None and per_owner and self._owned[owner] >= per_owner
+        ):
             yield [Ended(EndReason.TOO_MANY_WATCHERS, after)]
             return
         self.active += 1
+        if owner is not None:
+            self._owned[owner] += 1
         subscription: Subscription | None = None
         try:
             cursor = after if after is not None else await self._db.read(events.last_event_id)
@@ -136,6 +145,10 @@ class Watches:
                     return
         finally:
             self.active -= 1
+            if owner is not None:
+                self._owned[owner] -= 1
+                if not self._owned[owner]:
+                    del self._owned[owner]
             if subscription is not None:
                 self.tail.unsubscribe(subscription)
                 self._live.discard(subscription)
