@@ -117,3 +117,16 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`resinkit-grpc ARGS` run to its end (a command that is expected to stop by itself),
+    with `env` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "resinkit_grpc", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

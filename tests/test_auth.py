@@ -4,8 +4,6 @@ it changes (a watcher whose token is removed is ended), and no token in any log 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.security.tokens import RECHECK_SECONDS, new_token
 from tests.rpc import error_reason
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, run_cli
 from tests.watching import Watcher
 
 ALLOWED, UNAUTHENTICATED, DENIED = "allowed", "UNAUTHENTICATED", "PERMISSION_DENIED"
@@ -174,23 +172,8 @@ def test_the_tokens_file_is_reread_and_a_removed_token_ends_its_watch(
 def test_tokens_new_prints_a_token_and_the_entry_that_grants_it(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resinkit_grpc",
-            "tokens",
-            "new",
-            "--principal",
-            "ci",
-            "--role",
-            "writer",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_cli("tokens", "new", "--principal", "ci", "--role", "writer")
+    assert result.returncode == 0, result.stderr
     token = next(
         line.split()[-1] for line in result.stdout.splitlines() if line.startswith("token:")
     )
@@ -209,23 +192,14 @@ def test_tokens_new_prints_a_token_and_the_entry_that_grants_it(
 def test_a_bad_tokens_file_is_one_line_at_boot(content: str, tmp_path: Path) -> None:
     path = tmp_path / "tokens.toml"
     path.write_text(content)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resinkit_grpc",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--database-url",
-            f"sqlite:///{tmp_path / 'x.db'}",
-            "--auth-tokens-file",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_cli(
+        "serve",
+        "--address",
+        "127.0.0.1:0",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "--auth-tokens-file",
+        str(path),
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import collections
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from tests.rpc import create
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, run_cli
 
 
 def health_status(server: ServerProcess, service: str = "") -> int:
@@ -90,16 +87,6 @@ def test_shutdown_finishes_in_flight_rpcs_and_exits_zero(
         assert restarted.stub().GetTask(pb.GetTaskRequest(task_id=task.task_id)) == task
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resinkit_grpc", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -130,45 +117,17 @@ def test_an_address_in_use_is_one_clear_line(server: ServerProcess, tmp_path: Pa
 def test_environment_variables_configure_the_server_and_flags_win(tmp_path: Path) -> None:
     from_env = tmp_path / "from-env.db"
     from_flag = tmp_path / "from-flag.db"
-    env = {**os.environ, "RESINKIT_DATABASE_URL": f"sqlite:///{from_env}"}
-    result = subprocess.run(
-        [sys.executable, "-m", "resinkit_grpc", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"RESINKIT_DATABASE_URL": f"sqlite:///{from_env}"}
+    result = run_cli("migrate", **env)
     assert result.returncode == 0, result.stderr
     assert from_env.exists() and not from_flag.exists()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resinkit_grpc",
-            "migrate",
-            "--database-url",
-            f"sqlite:///{from_flag}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("migrate", "--database-url", f"sqlite:///{from_flag}", **env)
     assert result.returncode == 0, result.stderr
     assert from_flag.exists()
 
 
 def test_an_invalid_environment_value_is_one_clear_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "resinkit_grpc", "migrate"],
-        env={**os.environ, "RESINKIT_READ_THREADS": "many"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("migrate", RESINKIT_READ_THREADS="many")
     assert result.returncode != 0
     assert (
         result.stderr.strip() == "resinkit-grpc: error: RESINKIT_READ_THREADS='many' is not valid"
@@ -206,14 +165,7 @@ def test_a_setting_out_of_its_range_is_one_line_naming_the_flag(
 
 
 def test_a_setting_out_of_range_in_the_environment_names_the_variable() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "resinkit_grpc", "migrate"],
-        env={**os.environ, "RESINKIT_WATCH_BUFFER": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("migrate", RESINKIT_WATCH_BUFFER="0")
     assert result.returncode != 0
     assert result.stderr.strip() == (
         "resinkit-grpc: error: RESINKIT_WATCH_BUFFER must be between 10 and 1000000 (got 0)"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from tests.certificates import Authority, Issued
 from tests.rpc import history
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, run_cli
 
 
 @pytest.fixture
@@ -143,25 +141,16 @@ def test_a_bad_certificate_file_is_one_line_and_a_non_zero_exit(
         key = ca.server("another").key
     else:
         certificate = tmp_path / "nowhere.crt"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "resinkit_grpc",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--database-url",
-            f"sqlite:///{tmp_path / 'x.db'}",
-            "--tls-cert",
-            str(certificate),
-            "--tls-key",
-            str(key),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_cli(
+        "serve",
+        "--address",
+        "127.0.0.1:0",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "--tls-cert",
+        str(certificate),
+        "--tls-key",
+        str(key),
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

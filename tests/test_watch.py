@@ -219,6 +219,28 @@ def test_idle_streams_get_heartbeats_carrying_the_latest_position(
     assert task.task_id and watcher.heartbeats == sorted(watcher.heartbeats)
 
 
+def cut_off_resumably(server: ServerProcess, stub: Any, stream: Any, start: int) -> list[int]:
+    """Reads `stream` (live since `start`) to its end, which must be SLOW_CONSUMER with the
+    last event received (or `start`) as resume point; resuming from it must give exactly the
+    rest of the table. Returns the events the stream carried."""
+    received: list[int] = []
+    with pytest.raises(grpc.RpcError) as ended:
+        for response in stream:
+            if response.HasField("event"):
+                received.append(response.event.event_id)
+    error = ended.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_reason(error) == "SLOW_CONSUMER"
+    resume = resume_point(error)
+    assert resume == (received[-1] if received else start)
+    rest = Watcher(stub, after_event_id=resume)
+    rest.wait_position(last_event_id(server))
+    rest.stop()
+    rows = table_events(server.database_url)
+    assert received + rest.ids() == matching(rows, after=start)
+    return received
+
+
 def test_a_slow_consumer_is_cut_off_resumably_and_loses_nothing(
     start_server: Callable[..., ServerProcess],
 ) -> None:
@@ -238,22 +260,7 @@ def test_a_slow_consumer_is_cut_off_resumably_and_loses_nothing(
                 task_id=task.task_id, status=pb.TASK_STATUS_FAILED, error_info=big
             )
         )
-    received: list[int] = []
-    with pytest.raises(grpc.RpcError) as ended:
-        for response in stream:
-            if response.HasField("event"):
-                received.append(response.event.event_id)
-    error = ended.value
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_reason(error) == "SLOW_CONSUMER"
-    resume = resume_point(error)
-    assert resume == (received[-1] if received else first.heartbeat.event_id)
-    rest = Watcher(stub, after_event_id=resume)
-    end = last_event_id(server)
-    rest.wait_position(end)
-    rest.stop()
-    rows = table_events(server.database_url)
-    assert received + rest.ids() == matching(rows, after=first.heartbeat.event_id)
+    cut_off_resumably(server, stub, stream, first.heartbeat.event_id)
     channel.close()
 
 
@@ -532,21 +539,7 @@ def test_a_watcher_of_large_events_is_cut_off_by_bytes_and_memory_stays_bounded(
             )
         )
     grown = server.rss_bytes() - rss_before
-    received: list[int] = []
-    with pytest.raises(grpc.RpcError) as ended:
-        for response in stream:
-            if response.HasField("event"):
-                received.append(response.event.event_id)
-    error = ended.value
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert error_reason(error) == "SLOW_CONSUMER"
-    resume = resume_point(error)
-    assert resume == (received[-1] if received else first.heartbeat.event_id)
-    rest = Watcher(stub, after_event_id=resume)
-    rest.wait_position(last_event_id(server))
-    rest.stop()
-    rows = table_events(server.database_url)
-    assert received + rest.ids() == matching(rows, after=first.heartbeat.event_id)
+    received = cut_off_resumably(server, stub, stream, first.heartbeat.event_id)
     assert len(received) < 20  # cut off long before the 200 events were written
     # Handling 1 MB requests at all costs the server some 10 to 20 MB here; holding what
     # the slow stream did not read would cost 100 MB.
