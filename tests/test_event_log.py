@@ -43,7 +43,7 @@ def test_pages_are_cut_by_stored_bytes_and_are_prefixes_of_the_log(
         assert everything.complete
         ids = [row["event_id"] for row in everything.rows]
         assert ids == sorted(ids) and len(ids) == len(sizes) + sum(1 for s in sizes if s)
-        stored = {row["event_id"]: row["data_size"] for row in everything.rows}
+        stored = {row["event_id"]: row["stored_size"] for row in everything.rows}
         assert sorted(stored.values())[-1] > 20_000  # the JSON text of the largest details
         for budget in (1, 100, 3100, 8000, 30_000):
             for after in (0, ids[2], ids[5]):

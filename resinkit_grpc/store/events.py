@@ -10,10 +10,8 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
     Table,
-    Text,
     bindparam,
     exists,
     func,
@@ -21,14 +19,12 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy import (
-    cast as sql_cast,
-)
 
 from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.rules import EventType, TaskStatus
 from resinkit_grpc.store.models import Task, TaskEvent
 from resinkit_grpc.store.prepared import Prepared
+from resinkit_grpc.store.size_cut import cut_by_size, stored_length
 
 events = cast(Table, TaskEvent.__table__)
 tasks = cast(Table, Task.__table__)
@@ -124,7 +120,7 @@ def read_log(
     """Events with after_event_id < event_id <= up_to_event_id matching every non-empty filter,
     in event_id order: at most `limit` events, and no more of them than fit in
     `max_bytes` of stored event_data (the first always comes, however large). Each row carries
-    `data_size`, the stored size of its event_data (in characters of its JSON text), so that a
+    `stored_size`, the stored size of its event_data (in characters of its JSON text), so that a
     stream's buffer can be bounded in bytes. The cut is made by the database, so a page of
     large events is never fetched whole."""
     statement = _log_page(
@@ -164,24 +160,20 @@ def _log_page(task_ids: bool, task_types: bool, event_types: bool, bounded: bool
         conditions.append(tasks.c.task_type.in_(bindparam("task_types", expanding=True)))
     if event_types:
         conditions.append(events.c.event_type.in_(bindparam("event_types", expanding=True)))
-    stored = func.coalesce(func.length(sql_cast(events.c.event_data, Text)), 0)
-    # Innermost the LIMIT, so that the running sum is taken over one page, not the log.
     page = (
-        select(*EVENT_COLUMNS, stored.label("data_size"))
+        select(*EVENT_COLUMNS)
         .select_from(events.join(tasks, tasks.c.task_id == events.c.task_id))
         .where(*conditions)
         .order_by(events.c.event_id)
         .limit(bindparam("limit"))
-        .subquery("page")
-    )
-    running = func.sum(page.c.data_size).over(order_by=page.c.event_id)
-    sized = select(page, running.label("running"), func.count().over().label("page_rows")).subquery(
-        "sized"
     )
     return Prepared(
-        select(*(sized.c[column.name] for column in page.c), sized.c.page_rows)
-        .where(sized.c.running - sized.c.data_size < bindparam("max_bytes", type_=BigInteger))
-        .order_by(sized.c.event_id)
+        cut_by_size(
+            page,
+            stored_length(events.c.event_data),
+            [column.name for column in EVENT_COLUMNS],
+            lambda table: (table.c.event_id,),
+        )
     )
 
 

@@ -11,11 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     Connection,
     Table,
-    Text,
     and_,
     bindparam,
     exists,
@@ -25,7 +23,6 @@ from sqlalchemy import (
     true,
     tuple_,
 )
-from sqlalchemy import cast as sql_cast
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
@@ -44,6 +41,7 @@ from resinkit_grpc.store.events import append_event
 from resinkit_grpc.store.models import ServiceSecret, Task
 from resinkit_grpc.store.prepared import Prepared
 from resinkit_grpc.store.requests import once
+from resinkit_grpc.store.size_cut import cut_by_size, stored_length
 
 tasks = cast(Table, Task.__table__)
 
@@ -519,27 +517,24 @@ def _list_statement(shape: _ListShape) -> Prepared:
     # their stored size, so that a page of large tasks is never fetched whole.
     stored = sum(
         (
-            func.coalesce(func.length(sql_cast(c[name], Text)), 0)
+            stored_length(c[name])
             for name in ("task_name", "description", "tags", *sorted(LARGE_COLUMNS))
         ),
         literal(0),
     )
-    # Innermost the LIMIT, so that the running sum is taken over one page, not the table.
     page = (
-        select(*FULL_COLUMNS, stored.label("page_bytes"))
+        select(*FULL_COLUMNS)
         .where(and_(true(), *conditions))
         .order_by(*ordering)
         .limit(bindparam("limit"))
-        .subquery("page")
     )
-    running = func.sum(page.c.page_bytes).over(order_by=_ordering(page, shape.order))
-    counted = select(
-        page, running.label("running"), func.count().over().label("page_rows")
-    ).subquery("counted")
     return Prepared(
-        select(*(counted.c[column.name] for column in FULL_COLUMNS), counted.c.page_rows)
-        .where(counted.c.running - counted.c.page_bytes < bindparam("max_bytes", type_=BigInteger))
-        .order_by(*_ordering(counted, shape.order))
+        cut_by_size(
+            page,
+            stored,
+            [column.name for column in FULL_COLUMNS],
+            lambda table: _ordering(table, shape.order),
+        )
     )
 
 

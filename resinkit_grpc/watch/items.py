@@ -76,7 +76,7 @@ class LogEvent:
             previous_status=row["previous_status"],
             new_status=row["new_status"],
             actor=row["actor"],
-            data_size=row["data_size"],
+            data_size=row["stored_size"],
         )
 
     @property
