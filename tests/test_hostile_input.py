@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, json_format
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -122,6 +122,35 @@ def test_a_non_numeric_task_timeout_is_invalid_not_internal(stub: Any) -> None:
         )
     made = create(stub, submitted_configs={"task_timeout_seconds": 90.5})
     assert made.submitted_configs["task_timeout_seconds"] == 90.5
+
+
+def nested(levels: int, kind: str) -> Any:
+    """A JSON value `levels` objects or arrays deep."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value} if kind == "object" else [value]
+    return value
+
+
+@pytest.mark.parametrize("kind", ["object", "array"])
+def test_json_nested_past_the_documented_depth_is_invalid_naming_the_field(
+    stub: Any, kind: str
+) -> None:
+    """32 levels, the field's own object counted, are stored and read back; 33 are refused,
+    naming the field, for objects and arrays alike (past 33 objects protobuf itself refuses to
+    decode, which names the request)."""
+    deepest = {"k": nested(31, kind)}
+    made = create(stub, submitted_configs=deepest)
+    got = stub.GetTask(pb.GetTaskRequest(task_id=made.task_id)).submitted_configs
+    assert json_format.MessageToDict(got) == deepest
+    invalid(
+        lambda: create(stub, submitted_configs={"k": nested(32, kind)}), "task.submitted_configs"
+    )
+    stuck = stub.CreateTask(pb.CreateTaskRequest(task=pb.Task(task_type="deep")))
+    request = pb.UpdateTaskStatusRequest(task_id=stuck.task_id, status=pb.TASK_STATUS_RUNNING)
+    request.execution_details.update({"k": nested(32, kind)})
+    invalid(lambda: stub.UpdateTaskStatus(request), "execution_details")
+    assert stub.GetTask(pb.GetTaskRequest(task_id=stuck.task_id)).status == pb.TASK_STATUS_PENDING
 
 
 @pytest.mark.parametrize(

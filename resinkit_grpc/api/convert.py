@@ -108,18 +108,27 @@ def datetime_from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
-def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+# How deep a JSON field may nest (objects and arrays alike, its own object counted). Protobuf
+# itself decodes no more than 33 levels of objects; a documented limit of our own, below that,
+# names the field instead of the whole request.
+MAX_JSON_DEPTH = 32
+
+
+def struct_to_dict(message: struct_pb2.Struct, depth: int = 1) -> dict[str, Any]:
     """A Struct as plain JSON values; integral numbers come back as ints (Struct only has
-    doubles), so stored documents read naturally to other tools."""
+    doubles), so stored documents read naturally to other tools. At most MAX_JSON_DEPTH objects
+    and arrays deep, the Struct itself counted."""
+    if depth > MAX_JSON_DEPTH:
+        raise UnstorableJSON(f"is nested more than {MAX_JSON_DEPTH} levels deep")
     result = {}
     for key, value in message.fields.items():
         if "\x00" in key:
             raise UnstorableJSON("keys must not contain NUL characters")
-        result[key] = _value(value)
+        result[key] = _value(value, depth)
     return result
 
 
-def _value(value: struct_pb2.Value) -> Any:
+def _value(value: struct_pb2.Value, depth: int) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         number = value.number_value
@@ -133,7 +142,9 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
-        return struct_to_dict(value.struct_value)
+        return struct_to_dict(value.struct_value, depth + 1)
     if kind == "list_value":
-        return [_value(item) for item in value.list_value.values]
+        if depth + 1 > MAX_JSON_DEPTH:
+            raise UnstorableJSON(f"is nested more than {MAX_JSON_DEPTH} levels deep")
+        return [_value(item, depth + 1) for item in value.list_value.values]
     return None
