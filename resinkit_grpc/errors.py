@@ -122,3 +122,7 @@ class StorageUnavailable(ResinkitError):
 
 class Overloaded(ResinkitError):
     """Too much work is waiting; nothing was done, and the call may be retried later."""
+
+
+class DeadlineExceeded(ResinkitError):
+    """The caller's deadline passed before the work began: nothing was done."""

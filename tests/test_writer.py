@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,9 +16,14 @@ from sqlalchemy import Connection, event, func, select
 from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.config import Settings
-from resinkit_grpc.errors import StorageUnavailable, TaskAlreadyExists, TaskNotFound
+from resinkit_grpc.errors import (
+    DeadlineExceeded,
+    StorageUnavailable,
+    TaskAlreadyExists,
+    TaskNotFound,
+)
 from resinkit_grpc.store import migrations, tasks
-from resinkit_grpc.store.database import Database
+from resinkit_grpc.store.database import Database, call_deadline
 from resinkit_grpc.store.events import events as events_table
 from resinkit_grpc.store.writer import GroupWriter, TransactionAborted
 
@@ -189,6 +195,27 @@ def test_a_write_whose_caller_has_gone_is_skipped(database: Database) -> None:
             await abandoned
 
     asyncio.run(scenario())
+    assert ran == ["kept"]
+
+
+def test_a_write_whose_deadline_passes_while_it_waits_is_never_run(database: Database) -> None:
+    """Exact, even while the caller still waits (its cancellation not yet delivered): the
+    deadline is checked on the writer thread itself when the batch begins."""
+    ran: list[str] = []
+
+    async def scenario() -> tuple[Any, Any]:
+        release, holding = await held_batch(database)
+        token = call_deadline.set(time.monotonic() + 0.05)
+        late = asyncio.ensure_future(database.write(lambda c: ran.append("late")))
+        call_deadline.reset(token)
+        kept = asyncio.ensure_future(database.write(lambda c: ran.append("kept")))
+        await asyncio.sleep(0.15)
+        release.set()
+        await holding
+        return tuple(await asyncio.gather(late, kept, return_exceptions=True))
+
+    late, kept = asyncio.run(scenario())
+    assert isinstance(late, DeadlineExceeded) and kept is None
     assert ran == ["kept"]
 
 

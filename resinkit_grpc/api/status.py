@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from grpc_status import rpc_status
 
 from resinkit_grpc.api.parse import decodable
 from resinkit_grpc.errors import (
+    DeadlineExceeded,
     EtagMismatch,
     InvalidArgument,
     InvalidTransition,
@@ -27,6 +29,7 @@ from resinkit_grpc.errors import (
     TaskStateConflict,
     api_name,
 )
+from resinkit_grpc.store.database import call_deadline
 from resinkit_grpc.store.engine import describe
 from resinkit_grpc.watch.items import Ended, EndReason
 
@@ -118,6 +121,9 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
             code, reason = code_pb2.UNAVAILABLE, "OVERLOADED"
             metadata["outcome"] = "NOT_COMMITTED"
             details.append(error_details_pb2.RetryInfo(retry_delay={"seconds": 1}))
+        case DeadlineExceeded():
+            code, reason = code_pb2.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"
+            metadata["outcome"] = "NOT_COMMITTED"
         case _:
             code, reason = code_pb2.INTERNAL, "INTERNAL"
     details.insert(0, error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))
@@ -203,7 +209,8 @@ async def translate_stream_errors(
 
 def translate_errors(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     """Turns domain errors into their statuses; anything unexpected is logged and becomes a bare
-    INTERNAL, so no exception text or stack trace ever reaches a caller."""
+    INTERNAL, so no exception text or stack trace ever reaches a caller. Hands the call's deadline
+    to the store, which does nothing for a caller past it."""
 
     @functools.wraps(handler)
     async def wrapper(
@@ -211,6 +218,9 @@ def translate_errors(handler: Handler[Request, Response]) -> Handler[Request, Re
     ) -> Response:
         try:
             decodable(request)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                call_deadline.set(time.monotonic() + remaining)
             return await handler(self, request, context)
         except ResinkitError as error:
             await abort(context, to_status(error))

@@ -6,23 +6,33 @@ also means this process never contends with itself for the lock), which commits 
 queued up together. Reads run on a small pool of read threads beside it (WAL lets them proceed
 while the writer works); on SQLite a read first tries the event loop itself, under a time
 budget (see LoopReader).
+
+Work stops when its caller stops waiting: a write whose deadline (`call_deadline`, set for each
+call by the API layer) has passed before its batch begins is never committed, and a read on a
+read thread whose caller has gone is interrupted in the database (SQLite's interrupt, PostgreSQL's
+cancel request) and its connection discarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import sqlite3
+import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from resinkit_grpc.config import Settings
-from resinkit_grpc.errors import StorageUnavailable
+from resinkit_grpc.errors import DeadlineExceeded, StorageUnavailable
 from resinkit_grpc.store import events
 from resinkit_grpc.store.engine import create_engines, describe
 from resinkit_grpc.store.loop_reader import LoopReader, OverBudget
@@ -33,6 +43,12 @@ T = TypeVar("T")
 Operation = Callable[Concatenate[Connection, P], T]
 
 log = logging.getLogger(__name__)
+
+# The time.monotonic() past which the caller of the store operations in progress no longer
+# waits, or None. Each RPC runs in a task of its own, so setting it concerns that call alone.
+call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "call_deadline", default=None
+)
 
 
 class Database:
@@ -82,7 +98,8 @@ class Database:
         once (see GroupWriter): it must depend on nothing but the database and its arguments,
         and do nothing outside the transaction."""
         result: T = await self._writer.submit(
-            lambda connection: operation(connection, *args, **kwargs)
+            lambda connection: operation(connection, *args, **kwargs),
+            deadline=call_deadline.get(),
         )
         return result
 
@@ -97,9 +114,16 @@ class Database:
             except OverBudget:
                 log.debug("read %s moved to a read thread", getattr(operation, "__name__", "?"))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._readers, lambda: self.run_read(operation, *args, **kwargs)
-        )
+        read = _AbandonableRead(call_deadline.get())
+        try:
+            return await loop.run_in_executor(
+                self._readers,
+                lambda: self._run(self.reader_engine, read.run(operation), *args, **kwargs),
+            )
+        except asyncio.CancelledError:
+            # Off the loop: a PostgreSQL cancel request is a round trip of its own.
+            loop.run_in_executor(None, read.abandon)
+            raise
 
     def run_read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return self._run(self.reader_engine, operation, *args, **kwargs)
@@ -109,6 +133,8 @@ class Database:
         try:
             with engine.begin() as connection:
                 return operation(connection, *args, **kwargs)
+        except _Abandoned as exc:
+            raise DeadlineExceeded("the caller stopped waiting for this read") from exc
         except (OperationalError, PoolTimeout) as exc:
             log.warning("database unavailable: %s", describe(exc))
             raise StorageUnavailable("the database is unavailable; retry later") from exc
@@ -125,3 +151,65 @@ class Database:
         self._readers.shutdown(wait=True)
         self.writer_engine.dispose()
         self.reader_engine.dispose()
+
+
+class _Abandoned(Exception):
+    """The read's caller stopped waiting: what it did is of no use to anyone."""
+
+
+class _AbandonableRead:
+    """A read on a read thread that its caller may abandon (cancelled, deadline passed).
+    abandon() interrupts its statement in the database; the connection is then discarded rather
+    than returned to the pool, so that an interruption arriving late (a PostgreSQL cancel request
+    travels on a connection of its own) can never hit a later read. The lock makes the two sides
+    agree on which statement is interrupted."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        self._lock = threading.Lock()
+        self._raw: Any = None
+        self._abandoned = False
+
+    def run(self, operation: Operation[P, T]) -> Operation[P, T]:
+        """`operation`, run under this watch."""
+
+        def watched(connection: Connection, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            self._begin(connection)
+            try:
+                return operation(connection, *args, **kwargs)
+            finally:
+                self._end(connection)
+
+        return watched
+
+    def _begin(self, connection: Connection) -> None:
+        with self._lock:
+            if self._abandoned or (
+                self._deadline is not None and time.monotonic() >= self._deadline
+            ):
+                raise _Abandoned()
+            self._raw = connection.connection.dbapi_connection
+
+    def _end(self, connection: Connection) -> None:
+        with self._lock:
+            self._raw = None
+            if not self._abandoned:
+                return
+        connection.invalidate()
+        raise _Abandoned()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            if self._raw is not None:
+                with contextlib.suppress(Exception):  # the read ended in between, or the link
+                    _interrupt(self._raw)
+
+
+def _interrupt(raw: Any) -> None:
+    if isinstance(raw, sqlite3.Connection):
+        raw.interrupt()
+        return
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(raw, psycopg.Connection):
+        raw.cancel_safe(timeout=5)

@@ -21,6 +21,7 @@ import queue
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from resinkit_grpc.errors import Overloaded, ResinkitError, StorageUnavailable
+from resinkit_grpc.errors import DeadlineExceeded, Overloaded, ResinkitError, StorageUnavailable
 from resinkit_grpc.store.engine import describe
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class _Job:
     run: Callable[[Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    # time.monotonic() past which the caller no longer waits; None: no deadline.
+    deadline: float | None = None
 
 
 class _BatchFailed(Exception):
@@ -57,8 +60,9 @@ class _CommitFailed(Exception):
 class GroupWriter:
     """Every submitted operation is answered: with its outcome, with Overloaded when
     `max_queued` operations wait already, with StorageUnavailable once the writer has stopped
-    (closed, or its thread died). An operation whose caller has gone (cancelled, deadline
-    passed) before its batch starts is skipped: nobody would learn of its outcome."""
+    (closed, or its thread died). An operation whose caller has gone (cancelled) or whose
+    deadline has passed before its batch starts is skipped, never committed: nobody would learn
+    of its outcome."""
 
     def __init__(
         self,
@@ -80,7 +84,9 @@ class GroupWriter:
         self._thread = threading.Thread(target=self._run, name="resinkit-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, run: Callable[[Connection], Any]) -> asyncio.Future[Any]:
+    def submit(
+        self, run: Callable[[Connection], Any], *, deadline: float | None = None
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._stopped:
@@ -88,7 +94,7 @@ class GroupWriter:
         elif self._queue.qsize() >= self._max_queued:
             future.set_exception(Overloaded("too many writes are waiting; retry later"))
         else:
-            self._queue.put(_Job(run, future, loop))
+            self._queue.put(_Job(run, future, loop, deadline))
             if self._stopped:  # it stopped while this was queued: nobody else will answer
                 self._answer_the_rest()
         return future
@@ -116,8 +122,7 @@ class GroupWriter:
                         stopping = True
                         break
                     batch.append(more)
-                # Read across threads, a hint: at worst an abandoned operation still runs.
-                wanted = [job for job in batch if not job.future.done()]
+                wanted = self._still_wanted(batch)
                 if wanted:
                     self._commit(wanted)
         finally:
@@ -126,6 +131,22 @@ class GroupWriter:
             if self._connection is not None:
                 with contextlib.suppress(Exception):
                     self._connection.close()
+
+    @staticmethod
+    def _still_wanted(batch: list[_Job]) -> list[_Job]:
+        """The jobs whose callers still wait. A cancelled future is read across threads, a
+        hint only; the deadline is exact."""
+        now = time.monotonic()
+        late = [job for job in batch if job.deadline is not None and job.deadline <= now]
+        if late:
+            _settle(
+                late, [DeadlineExceeded("the deadline passed before the write began")] * len(late)
+            )
+        return [
+            job
+            for job in batch
+            if not job.future.done() and (job.deadline is None or job.deadline > now)
+        ]
 
     def _answer_the_rest(self) -> None:
         """Answers whatever is still queued once the writer has stopped (any thread)."""
