@@ -70,13 +70,14 @@ class Watcher:
         """The first heartbeat marks the end of the replay: from then on the stream is live."""
         self.wait_for(lambda w: bool(w.heartbeats))
 
-    def wait_position(self, event_id: int) -> None:
+    def wait_position(self, event_id: int, timeout: float = 20.0) -> None:
         """Until the stream has passed `event_id` (an event or a heartbeat at or beyond it)."""
         self.wait_for(
             lambda w: (
                 any(h >= event_id for h in w.heartbeats[-1:])
                 or any(e.event_id >= event_id for e in w.events[-1:])
-            )
+            ),
+            timeout,
         )
 
     def events_after_a_heartbeat_that_claimed_them(self) -> list[tuple[int, int]]:
