@@ -1,4 +1,5 @@
-"""The `resinkit-grpc` command: `serve` runs the server, `migrate` only upgrades the database.
+"""The `resinkit-grpc` command: `serve` runs the server, `migrate` moves the database between
+schema revisions (an operator's step), `tokens new` makes a bearer token.
 
 Every option also reads a RESINKIT_* environment variable; a flag wins over the variable."""
 
@@ -14,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -22,8 +24,14 @@ from resinkit_grpc.config import Settings
 from resinkit_grpc.security.tls import TLSError
 from resinkit_grpc.security.tokens import TokensError, new_token
 from resinkit_grpc.server import ServerError, serve
-from resinkit_grpc.store.engine import DatabaseURLError, create_engines
-from resinkit_grpc.store.migrations import MigrationBroken, SchemaTooNew, migrate
+from resinkit_grpc.store import migrations
+from resinkit_grpc.store.engine import DatabaseURLError, create_engines, parse_url
+from resinkit_grpc.store.migrations import (
+    MigrationBroken,
+    MigrationRefused,
+    SchemaBehind,
+    SchemaTooNew,
+)
 
 DEFAULTS = Settings()
 
@@ -82,6 +90,7 @@ class Option:
     kind: Callable[[str], Any]
     help: str
     check: Callable[[Any], str | None]  # None when the value is in range, else why not
+    serve_only: bool = False  # `migrate` takes every other option (they share an environment)
 
 
 OPTIONS = [
@@ -240,6 +249,15 @@ OPTIONS = [
         between(0.0001, 8760),
     ),
     Option(
+        "--no-migrate",
+        "no_migrate",
+        boolean,
+        "do not migrate at boot: a database behind this code's schema stops the server, naming "
+        "`resinkit-grpc migrate upgrade`",
+        any_text,
+        serve_only=True,
+    ),
+    Option(
         "--log-level",
         "log_level",
         str,
@@ -253,34 +271,55 @@ def env_name(field: str) -> str:
     return f"RESINKIT_{field.upper()}"
 
 
+def _add_options(parser: argparse.ArgumentParser, *, serving: bool) -> None:
+    for option in OPTIONS:
+        if option.serve_only and not serving:
+            continue
+        default = getattr(DEFAULTS, option.field)
+        described = f"{option.help} [{env_name(option.field)}, default {default}]"
+        # SUPPRESS: an option absent here leaves alone what an enclosing command parsed.
+        if option.kind is boolean:
+            parser.add_argument(
+                option.flag,
+                dest=option.field,
+                action="store_const",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=described,
+            )
+        else:
+            parser.add_argument(
+                option.flag,
+                dest=option.field,
+                type=option.kind,
+                default=argparse.SUPPRESS,
+                help=described,
+            )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resinkit-grpc", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (
-        ("serve", "migrate the database, then serve gRPC"),
-        ("migrate", "upgrade the database to this version's schema and exit"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        for option in OPTIONS:
-            default = getattr(DEFAULTS, option.field)
-            described = f"{option.help} [{env_name(option.field)}, default {default}]"
-            if option.kind is boolean:
-                command.add_argument(
-                    option.flag,
-                    dest=option.field,
-                    action="store_const",
-                    const=True,
-                    default=None,
-                    help=described,
-                )
-            else:
-                command.add_argument(
-                    option.flag,
-                    dest=option.field,
-                    type=option.kind,
-                    default=None,
-                    help=described,
-                )
+    serve_command = commands.add_parser(
+        "serve", help="migrate the database (unless --no-migrate), then serve gRPC"
+    )
+    _add_options(serve_command, serving=True)
+    migrate_command = commands.add_parser(
+        "migrate",
+        help="move the database between schema revisions, then exit (alone: upgrade to head)",
+    )
+    _add_options(migrate_command, serving=False)
+    steps = migrate_command.add_subparsers(dest="migrate_command", required=False)
+    upgrade = steps.add_parser("upgrade", help="upgrade to REV (default: this code's head)")
+    upgrade.add_argument("revision", nargs="?", default="head", metavar="REV")
+    downgrade = steps.add_parser(
+        "downgrade", help="downgrade to REV (`base`: empty); what later revisions hold is lost"
+    )
+    downgrade.add_argument("revision", metavar="REV")
+    steps.add_parser("current", help="the revision the database is at, and whether it is head")
+    steps.add_parser("history", help="every revision this code knows, oldest first")
+    for step in (upgrade, downgrade, *(steps.choices[name] for name in ("current", "history"))):
+        _add_options(step, serving=False)
     tokens = commands.add_parser("tokens", help="make bearer tokens for --auth-tokens-file")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
     new = token_commands.add_parser(
@@ -295,7 +334,10 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
     """The Settings of flags, else environment variables, else defaults; a value out of its
     documented range stops the command with one line naming the flag or variable."""
     values: dict[str, Any] = {}
+    serving = args.command == "serve"
     for option in OPTIONS:
+        if option.serve_only and not serving:
+            continue
         given = getattr(args, option.field, None)
         source = option.flag
         if given is None and env_name(option.field) in environ:
@@ -335,19 +377,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic's "Context impl" lines at every look; migrations.py logs each migration itself.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck server.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         if args.command == "migrate":
-            writer, reader = create_engines(settings)
-            print(f"database at revision {migrate(writer)}")
-            writer.dispose()
-            reader.dispose()
+            run_migrate(
+                args.migrate_command or "upgrade", getattr(args, "revision", "head"), settings
+            )
         else:
             asyncio.run(serve(settings))
     except (
         DatabaseURLError,
         MigrationBroken,
+        MigrationRefused,
+        SchemaBehind,
         SchemaTooNew,
         ServerError,
         TLSError,
@@ -357,6 +402,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         sys.exit(f"resinkit-grpc: error: cannot use the database: {reason}")
+
+
+def run_migrate(step: str, revision: str, settings: Settings) -> None:
+    """`resinkit-grpc migrate STEP`: prints what it did or found."""
+    head = ", ".join(migrations.heads())
+    if step == "history":
+        for name, doc in migrations.history():
+            marker = " (head)" if name in head.split(", ") else ""
+            print(f"{name}{marker}  {doc.splitlines()[0] if doc else ''}")
+        return
+    url = parse_url(settings.database_url)
+    looking = step == "current" and url.get_backend_name() == "sqlite"
+    if looking and not Path(url.database or "").exists():  # looking must not create the file
+        print(f"no database at {url.database}: revision none (empty), head {head}")
+        return
+    writer, reader = create_engines(settings)
+    try:
+        if step == "current":
+            at = ", ".join(migrations.current(writer))
+            where = "head" if at == head else f"behind head {head}"
+            print(f"database at revision {at or 'none (empty)'} ({where})")
+        else:
+            moved = migrations.migrate(writer, target=revision, downgrade=step == "downgrade")
+            print(f"database at revision {moved}")
+    finally:
+        writer.dispose()
+        reader.dispose()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ class Settings:
     # With tokens: reflection needs one too (health never does).
     auth_reflection: bool = False
     database_url: str = "sqlite:///sqlite.db"
+    # Do not migrate at boot (migrations are a deployment step): a database behind the code's
+    # head then stops the server.
+    no_migrate: bool = False
     # Seconds in-flight RPCs get to finish after SIGTERM/SIGINT.
     grace_period: float = 10.0
     # Threads running read transactions, each with its own connection (writes have one thread

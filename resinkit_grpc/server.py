@@ -28,7 +28,7 @@ from resinkit_grpc.security.tls import CertificateFiles, ReloadingCredentials
 from resinkit_grpc.security.tokens import TokenFile
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
-from resinkit_grpc.store.migrations import migrate
+from resinkit_grpc.store.migrations import migrate, require_head
 from resinkit_grpc.store.requests import purge_requests
 from resinkit_grpc.store.tasks import load_or_create_secret
 from resinkit_grpc.watch.watches import Watches
@@ -87,7 +87,8 @@ class Server:
         self._purging: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        revision = await asyncio.to_thread(migrate, self.database.writer_engine)
+        check = require_head if self.settings.no_migrate else migrate
+        revision = await asyncio.to_thread(check, self.database.writer_engine)
         log.info("database at revision %s", revision)
         secret = await self.database.write(load_or_create_secret, "page_tokens")
         await self.watches.start()

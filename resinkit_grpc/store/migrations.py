@@ -1,4 +1,5 @@
-"""Boot-time migration: bring the database to this code's Alembic head, or refuse to start.
+"""Migrations: at boot (the database to this code's Alembic head, or refuse to start), or as an
+operator's step (`resinkit-grpc migrate upgrade|downgrade|current|history`).
 
 On SQLite it runs inside one write transaction, which holds the write lock (BEGIN IMMEDIATE);
 on PostgreSQL under a session-level advisory lock (a revision may build an index CONCURRENTLY
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -39,6 +43,14 @@ class SchemaTooNew(RuntimeError):
     """The database was migrated by newer code than this server's."""
 
 
+class MigrationRefused(RuntimeError):
+    """The revision asked for is unknown, or not reachable in that direction."""
+
+
+class SchemaBehind(RuntimeError):
+    """The database is behind this code's head, and the server was told not to migrate it."""
+
+
 def script_location() -> Path:
     package = Path(resinkit_grpc.__file__).parent
     installed = package / "migrations"  # inside a wheel
@@ -56,9 +68,15 @@ class MigrationBroken(RuntimeError):
 
 
 def migrate(
-    engine: Engine, *, location: Path | None = None, wait: float = BOOT_WAIT_SECONDS
+    engine: Engine,
+    *,
+    target: str = "head",
+    downgrade: bool = False,
+    location: Path | None = None,
+    wait: float = BOOT_WAIT_SECONDS,
 ) -> str:
-    """Upgrades the database to head; returns the revision it is at afterwards.
+    """Upgrades the database to `target` (head by default), or downgrades it to `target`
+    ("base": empty); returns the revision it is at afterwards.
 
     Safe beside serving processes: while another process holds the database (SQLite's write
     lock, or a PostgreSQL table lock this migration needs), it waits and tries again, for up to
@@ -66,11 +84,12 @@ def migrate(
     MIGRATION_LOCK_TIMEOUT_MS each time, so that serving replicas queued behind its lock
     request wait at most that long."""
     config = alembic_config(location)
+    move = _Move(target, downgrade)
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:
         try:
-            return _migrate_once(engine, config)
+            return _migrate_once(engine, config, move)
         except OperationalError as error:
             if not _lock_wait(error) or time.monotonic() + delay > deadline:
                 raise
@@ -79,16 +98,57 @@ def migrate(
             delay = min(delay * 2, 2.0)
 
 
-def _migrate_once(engine: Engine, config: Config) -> str:
+def current(engine: Engine, *, location: Path | None = None) -> list[str]:
+    """The revisions the database is at (none: empty); SchemaTooNew for one this code does not
+    know."""
+    config = alembic_config(location)
+    with engine.connect() as connection:
+        return sorted(_current(connection, ScriptDirectory.from_config(config)))
+
+
+def heads(location: Path | None = None) -> list[str]:
+    return sorted(ScriptDirectory.from_config(alembic_config(location)).get_heads())
+
+
+def history(location: Path | None = None) -> list[tuple[str, str]]:
+    """Every revision, oldest first: (revision, its one-line description)."""
+    script = ScriptDirectory.from_config(alembic_config(location))
+    return [
+        (rev.revision, (rev.doc or "").strip()) for rev in reversed(list(script.walk_revisions()))
+    ]
+
+
+def require_head(engine: Engine, *, location: Path | None = None) -> str:
+    """The revision, when the database is at this code's head; SchemaBehind (naming the command
+    that migrates it) or SchemaTooNew otherwise. Changes nothing."""
+    at, wanted = current(engine, location=location), heads(location)
+    if at != wanted:
+        raise SchemaBehind(
+            f"the database is at revision {', '.join(at) or 'none (empty)'}, behind this "
+            f"server's {', '.join(wanted)}: run `resinkit-grpc migrate upgrade` first, or serve "
+            "without --no-migrate"
+        )
+    return ", ".join(at)
+
+
+@dataclass(frozen=True)
+class _Move:
+    target: str
+    downgrade: bool
+
+
+def _migrate_once(engine: Engine, config: Config, move: _Move) -> str:
     with engine.connect() as connection:
         if connection.dialect.name == "sqlite":
-            _migrate_sqlite(connection, config)
+            _migrate_sqlite(connection, config, move)
         else:
-            _migrate_postgresql(connection, config)
-    return ", ".join(sorted(ScriptDirectory.from_config(config).get_heads()))
+            _migrate_postgresql(connection, config, move)
+        connection.rollback()
+        at = sorted(MigrationContext.configure(connection).get_current_heads())
+    return ", ".join(at) or "none (empty)"
 
 
-def _migrate_sqlite(connection: Connection, config: Config) -> None:
+def _migrate_sqlite(connection: Connection, config: Config, move: _Move) -> None:
     """In one transaction holding the write lock (BEGIN IMMEDIATE), following SQLite's
     documented procedure for schema changes: foreign keys off outside the transaction (batch
     mode rebuilds a table by dropping it, which would cascade into the rows that refer to it),
@@ -98,7 +158,7 @@ def _migrate_sqlite(connection: Connection, config: Config) -> None:
     _raw(connection).execute("PRAGMA foreign_keys = OFF")
     try:
         with connection.begin():
-            if _upgrade_if_behind(connection, config):
+            if _apply(connection, config, move):
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
                     raise MigrationBroken(
@@ -109,7 +169,7 @@ def _migrate_sqlite(connection: Connection, config: Config) -> None:
         _raw(connection).execute("PRAGMA foreign_keys = ON")
 
 
-def _migrate_postgresql(connection: Connection, config: Config) -> None:
+def _migrate_postgresql(connection: Connection, config: Config, move: _Move) -> None:
     """Under a session-level advisory lock, so that replicas booting together migrate once;
     session-level because a revision may leave the transaction to build an index
     CONCURRENTLY (op.get_context().autocommit_block()), and the lock must hold through it.
@@ -122,7 +182,7 @@ def _migrate_postgresql(connection: Connection, config: Config) -> None:
     connection.exec_driver_sql(f"SET lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
     connection.commit()
     try:
-        _upgrade_if_behind(connection, config)
+        _apply(connection, config, move)
         connection.commit()
     finally:
         connection.rollback()
@@ -133,26 +193,61 @@ def _migrate_postgresql(connection: Connection, config: Config) -> None:
         connection.commit()
 
 
-def _upgrade_if_behind(connection: Connection, config: Config) -> bool:
-    """Upgrades to head unless the database is there; whether it did. A revision this code
-    does not know is SchemaTooNew."""
-    heads = set(ScriptDirectory.from_config(config).get_heads())
+def _current(connection: Connection, script: ScriptDirectory) -> set[str]:
+    """The database's revisions; a revision this code does not know is SchemaTooNew."""
     current = set(MigrationContext.configure(connection).get_current_heads())
-    known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
+    known = {rev.revision for rev in script.walk_revisions()}
     unknown = current - known
     if unknown:
         raise SchemaTooNew(
-            f"the database is at revision {', '.join(sorted(unknown))}, which this server does "
-            f"not know (its newest is {', '.join(sorted(heads))}): deploy newer code"
+            f"the database is at revision {', '.join(sorted(unknown))}, which this code does "
+            f"not know (its newest is {', '.join(sorted(script.get_heads()))}): deploy newer code"
         )
-    if current == heads:
+    return current
+
+
+def _apply(connection: Connection, config: Config, move: _Move) -> bool:
+    """Moves the database to the target unless it is there; whether it did."""
+    try:
+        return _apply_checked(connection, config, move)
+    except (CommandError, RevisionError) as error:  # a target Alembic cannot go to
+        raise MigrationRefused(f"cannot migrate to {move.target!r}: {error}") from error
+
+
+def _apply_checked(connection: Connection, config: Config, move: _Move) -> bool:
+    script = ScriptDirectory.from_config(config)
+    current = _current(connection, script)
+    if move.downgrade:
+        wanted = set() if move.target == "base" else {script.get_revision(move.target).revision}
+    else:
+        wanted = (
+            set(script.get_heads())
+            if move.target == "head"
+            else {script.get_revision(move.target).revision}
+        )
+    if current == wanted or (not move.downgrade and wanted <= _below_or_at(script, current)):
         return False
-    log.info("migrating database from %s to %s", sorted(current) or "empty", sorted(heads))
+    log.info(
+        "migrating database from %s to %s",
+        sorted(current) or "empty",
+        sorted(wanted) or "empty",
+    )
     if connection.dialect.name == "postgresql":
         connection.commit()  # the revisions run in the environment's own transaction
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    if move.downgrade:
+        command.downgrade(config, move.target)
+    else:
+        command.upgrade(config, move.target)
     return True
+
+
+def _below_or_at(script: ScriptDirectory, revisions: set[str]) -> set[str]:
+    """The revisions `revisions` include (themselves and everything before them)."""
+    found: set[str] = set()
+    for revision in revisions:
+        found.update(rev.revision for rev in script.iterate_revisions(revision, "base"))
+    return found
 
 
 def _raw(connection: Connection) -> Any:
