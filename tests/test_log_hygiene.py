@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import psycopg
+import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from sqlalchemy import create_engine, text
@@ -101,14 +102,14 @@ def make_inserts_fail(database_url: str) -> None:
                     text(
                         "CREATE TRIGGER refuse_marker BEFORE INSERT ON tasks "
                         f"WHEN NEW.description = '{MARKER}' "
-                        "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+                        f"BEGIN SELECT RAISE(ABORT, 'refused {MARKER}'); END"
                     )
                 )
             else:
                 connection.execute(
                     text(
                         "CREATE FUNCTION refuse_marker() RETURNS trigger AS $$ BEGIN "
-                        "RAISE EXCEPTION 'refused by a trigger'; END $$ LANGUAGE plpgsql"
+                        f"RAISE EXCEPTION 'refused {MARKER}'; END $$ LANGUAGE plpgsql"
                     )
                 )
                 connection.execute(
@@ -121,10 +122,14 @@ def make_inserts_fail(database_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize(("level", "log_format"), [("INFO", "text"), ("DEBUG", "json")])
 def test_the_log_holds_no_caller_input_and_no_secret(
-    start_server: Callable[..., ServerProcess],
+    start_server: Callable[..., ServerProcess], level: str, log_format: str
 ) -> None:
-    server = start_server("--sqlite-busy-timeout", "0.05", "--log-level", "INFO")
+    """At every level, in either format, access lines included."""
+    server = start_server(
+        "--sqlite-busy-timeout", "0.05", "--log-level", level, "--log-format", log_format
+    )
     stub = server.stub()
     hostile_calls(stub)
     restore = break_the_writers_database(server)
@@ -155,3 +160,4 @@ def test_the_log_holds_no_caller_input_and_no_secret(
     assert "unexpected error in CreateTask" in log
     assert MARKER not in log, [line for line in log.splitlines() if MARKER in line][:3]
     assert secret not in log
+    assert "/resinkit.v1.TaskService/CreateTask" in log  # the access lines were there

@@ -162,11 +162,11 @@ def watch_ending(ended: Ended) -> status_pb2.Status | None:
 
 
 def log_unexpected(where: str, error: Exception) -> None:
-    """A bug, logged for the operator: its type and stack at ERROR, and its message, which may
-    quote what a caller sent, only at DEBUG."""
+    """A bug, logged for the operator: its type (and database code) and its stack, never its
+    message, at any level: messages quote what a caller sent (a driver's quotes statement
+    values, a unique violation the key)."""
     stack = "".join(traceback.format_tb(error.__traceback__))
     log.error("unexpected error in %s: %s\n%s", where, describe(error), stack.rstrip())
-    log.debug("unexpected error in %s", where, exc_info=error)
 
 
 def internal_error() -> status_pb2.Status:
