@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
-import logging
 import math
 import os
 import signal
@@ -21,6 +20,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.config import Settings
+from resinkit_grpc.observe import logs
 from resinkit_grpc.security.tls import TLSError
 from resinkit_grpc.security.tokens import TokensError, new_token
 from resinkit_grpc.server import ServerError, serve
@@ -264,6 +264,21 @@ OPTIONS = [
         "DEBUG, INFO, WARNING or ERROR",
         one_of("DEBUG", "INFO", "WARNING", "ERROR"),
     ),
+    Option(
+        "--log-format",
+        "log_format",
+        str,
+        "text (lines for people) or json (one object per line)",
+        one_of("TEXT", "JSON"),
+    ),
+    Option(
+        "--metrics-address",
+        "metrics_address",
+        str,
+        "HOST:PORT of a Prometheus endpoint (/metrics); off when empty",
+        lambda value: None if value == "" else host_and_port(value),
+        serve_only=True,
+    ),
 ]
 
 
@@ -372,13 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(entry, end="")
         return
     settings = settings_from(args, dict(os.environ))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Alembic's "Context impl" lines at every look; migrations.py logs each migration itself.
-    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck server.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

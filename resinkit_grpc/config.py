@@ -56,3 +56,7 @@ class Settings:
     # Hours a mutation's request_id is kept (a retry within them gets the first outcome back).
     request_id_retention: float = 24.0
     log_level: str = "INFO"
+    # text (human-readable lines) or json (one object per line).
+    log_format: str = "text"
+    # HOST:PORT of the Prometheus endpoint (/metrics); empty: no metrics.
+    metrics_address: str = ""

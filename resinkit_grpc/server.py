@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from resinkit_grpc.api.gate import ShutdownGate, drain
 from resinkit_grpc.api.health import Health
@@ -23,6 +23,9 @@ from resinkit_grpc.api.servicer import TaskService
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import ResinkitError
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.observe import service as service_metrics
+from resinkit_grpc.observe.http import MetricsEndpoint, new_registry
+from resinkit_grpc.observe.rpcs import Observer, RpcMetrics
 from resinkit_grpc.security.auth import Authenticator
 from resinkit_grpc.security.tls import CertificateFiles, ReloadingCredentials
 from resinkit_grpc.security.tokens import TokenFile
@@ -70,6 +73,19 @@ class Server:
                 )
             )
         interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        # Outermost: calls the gate or authentication refuse are counted and logged too.
+        self.registry = new_registry() if settings.metrics_address else None
+        rpc_metrics = None
+        if self.registry is not None:
+            rpc_metrics = RpcMetrics(
+                self.registry,
+                (
+                    pb.DESCRIPTOR.services_by_name["TaskService"],
+                    health_pb2.DESCRIPTOR.services_by_name["Health"],
+                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+                ),
+            )
+        interceptors.append(Observer(rpc_metrics, mutual_tls=bool(settings.tls_client_ca)))
         self.gate = ShutdownGate()
         interceptors.append(self.gate)
         if settings.auth_tokens_file:  # TokensError: one line, before anything is touched
@@ -84,6 +100,7 @@ class Server:
         )
         self.watches = Watches(self.database, settings)
         self.port = 0
+        self.metrics: MetricsEndpoint | None = None
         self._purging: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -118,6 +135,15 @@ class Server:
                 address,
             )
         await self.grpc_server.start()
+        if self.registry is not None:
+            service_metrics.register(self.registry, self.database, self.watches, revision)
+            try:
+                self.metrics = MetricsEndpoint(self.settings.metrics_address, self.registry)
+            except OSError as exc:
+                raise ServerError(
+                    f"cannot serve metrics on {self.settings.metrics_address}"
+                ) from exc
+            print(f"metrics on http://{self.metrics.address}/metrics", flush=True)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         # Everything built so far lives as long as the server: keep it out of the cyclic
@@ -161,13 +187,20 @@ class Server:
         spent = asyncio.get_running_loop().time() - began
         log.info("watch streams ended; waiting for in-flight RPCs")
         await self.grpc_server.stop(max(0.0, self.settings.grace_period - spent))
+        self._close_metrics()
         await asyncio.to_thread(self.database.close)
         log.info("stopped")
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     async def release(self) -> None:
         """Frees what a failed start() had taken (threads, connections), quietly."""
         await self.watches.close()
         await self.grpc_server.stop(0)
+        self._close_metrics()
         await asyncio.to_thread(self.database.close)
 
 

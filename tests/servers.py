@@ -30,6 +30,7 @@ class ServerProcess:
         self.cwd: Path | None = None
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
+        self.metrics_url = ""  # with --metrics-address: http://HOST:PORT/metrics
         self._log: IO[str] | None = None
         self._channels: list[grpc.Channel] = []
 
@@ -56,6 +57,8 @@ class ServerProcess:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
+            if line.startswith("metrics on "):
+                self.metrics_url = line.split()[-1]
             if line.startswith("serving on "):
                 self.address = line.split()[-1]
                 return self

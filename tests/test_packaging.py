@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ def oldest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_server_runs_on_the_oldest_allowed_dependencies(
     oldest: Path, new_database_url: Any, tmp_path: Path
 ) -> None:
-    server = ServerProcess(new_database_url(), tmp_path)
+    server = ServerProcess(new_database_url(), tmp_path, "--metrics-address", "127.0.0.1:0")
     server.command = [str(oldest), "-m", "resinkit_grpc", "serve"]
     server.env["PYTHONPATH"] = ""  # nothing from this checkout: the installed package only
     server.cwd = tmp_path
@@ -85,6 +86,9 @@ def test_the_server_runs_on_the_oldest_allowed_dependencies(
             )
             assert next(watched).event.event_type == "CREATED"
             watched.cancel()
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+            scraped = response.read().decode()
+        assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="CreateTask"' in scraped
     finally:
         assert server.stop() == 0, server.log()
 

@@ -184,15 +184,18 @@ class TaskService(pb_grpc.TaskServiceServicer):
             contextlib.aclosing(self._watches.stream(self._watch(request, context))) as stream,
         ):
             caller = current_caller.get()
+            watches = self._watches
             async for items in stream:
                 if caller is not None and not caller.still_valid():
                     await abort(context, token_withdrawn())
                 for item in items:
                     if isinstance(item, LogEvent):
+                        watches.delivered += 1
                         yield watch_event(item)
                     elif isinstance(item, Passed):
                         yield heartbeat(item.position)
                     else:
+                        watches.endings[item.reason] += 1
                         ending = watch_ending(item)
                         if ending is not None:
                             await abort(context, ending)

@@ -74,6 +74,10 @@ class Database:
         ] = []
 
     @property
+    def writer(self) -> GroupWriter:
+        return self._writer
+
+    @property
     def dialect(self) -> str:
         return self.writer_engine.dialect.name
 

@@ -81,6 +81,9 @@ class GroupWriter:
         self._connection: Connection | None = None
         # Whether the last batch held a failing operation: the next one then starts isolated.
         self._failing = False
+        # Told of every committed batch: its size and how long its transaction took (seconds);
+        # on the writer thread, so it must be quick and thread-safe (metrics).
+        self.on_batch: Callable[[int, float], None] | None = None
         self._thread = threading.Thread(target=self._run, name="resinkit-writer", daemon=True)
         self._thread.start()
 
@@ -160,7 +163,12 @@ class GroupWriter:
                 left.append(job)
         _settle(left, [_stopped()] * len(left))
 
+    def queued(self) -> int:
+        """Operations waiting for the writer (approximate, from any thread)."""
+        return self._queue.qsize()
+
     def _commit(self, batch: list[_Job]) -> None:
+        began = time.perf_counter()
         try:
             outcomes = self._transaction(batch)
         except _BatchFailed as failure:
@@ -173,6 +181,8 @@ class GroupWriter:
             raise
         try:
             self._on_commit()
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - began)
         except Exception:  # a listener's bug: the batch committed all the same
             log.exception("a commit listener failed")
         _settle(batch, outcomes)

@@ -43,6 +43,9 @@ class Watches:
         self._settings = settings
         self.tail = EventTail(database, batch_bytes=settings.watch_buffer_bytes)
         self.active = 0
+        # Counted by the stream's consumer (the servicer), read by metrics.
+        self.delivered = 0  # events handed to streams
+        self.endings: collections.Counter[EndReason] = collections.Counter()  # streams ended
         self._owned: collections.Counter[str] = collections.Counter()
         self._closing = False
         self._live: set[Subscription] = set()
