@@ -12,13 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from resinkit_grpc.api.gate import ShutdownGate, drain
 from resinkit_grpc.api.health import Health
 from resinkit_grpc.api.page_tokens import PageTokens
-from resinkit_grpc.api.registration import add_task_service
+from resinkit_grpc.api.registration import add_health_service, add_task_service
 from resinkit_grpc.api.servicer import TaskService
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import ResinkitError
@@ -116,7 +116,7 @@ class Server:
             mutual_tls=bool(self.settings.tls_client_ca),
         )
         add_task_service(service, self.grpc_server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        add_health_service(self.health, self.grpc_server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc_server
         )

@@ -3,7 +3,8 @@
 grpcio-health-checking's aio servicer answers List with UNIMPLEMENTED and keeps Watch streams
 open through shutdown (so a server with one open always waited its whole grace period); this
 one lists every service, and ends each Watch stream with UNAVAILABLE right after telling it
-NOT_SERVING when serving stops, as task watches end."""
+NOT_SERVING when serving stops, as task watches end. A request gRPC cannot decode is
+INVALID_ARGUMENT, as on TaskService (see api/registration.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from resinkit_grpc.api.parse import decodable
+from resinkit_grpc.api.status import abort, to_status
+from resinkit_grpc.errors import InvalidArgument
 
 # grpc_health ships no types: statuses are the enum's numbers.
 ServingStatus = int
@@ -45,6 +50,7 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthCheckResponse:
+        await _refuse_undecodable(request, context)
         status = self._statuses.get(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
@@ -53,6 +59,7 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def List(
         self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthListResponse:
+        await _refuse_undecodable(request, context)
         return health_pb2.HealthListResponse(
             statuses={
                 service: health_pb2.HealthCheckResponse(status=status)
@@ -63,6 +70,7 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        await _refuse_undecodable(request, context)
         last = None
         while True:
             async with self._changed:
@@ -76,3 +84,10 @@ class Health(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 last = status
             if stopping:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+
+async def _refuse_undecodable(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    try:
+        decodable(request)
+    except InvalidArgument as error:
+        await abort(context, to_status(error))
