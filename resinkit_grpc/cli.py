@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.observe import logs
+from resinkit_grpc.observe.tracing import TracingUnavailable
 from resinkit_grpc.security.tls import TLSError
 from resinkit_grpc.security.tokens import TokensError, new_token
 from resinkit_grpc.server import ServerError, serve
@@ -279,6 +280,14 @@ OPTIONS = [
         lambda value: None if value == "" else host_and_port(value),
         serve_only=True,
     ),
+    Option(
+        "--otel",
+        "otel",
+        boolean,
+        "OpenTelemetry traces (pip install 'resinkit-grpc[otel]'), set up by the OTEL_* variables",
+        any_text,
+        serve_only=True,
+    ),
 ]
 
 
@@ -405,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         SchemaTooNew,
         ServerError,
         TLSError,
+        TracingUnavailable,
         TokensError,
     ) as exc:
         sys.exit(f"resinkit-grpc: error: {exc}")

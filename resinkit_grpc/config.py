@@ -60,3 +60,5 @@ class Settings:
     log_format: str = "text"
     # HOST:PORT of the Prometheus endpoint (/metrics); empty: no metrics.
     metrics_address: str = ""
+    # OpenTelemetry traces (the otel extra), configured by the standard OTEL_* variables.
+    otel: bool = False

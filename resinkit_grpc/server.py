@@ -24,6 +24,7 @@ from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import ResinkitError
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.observe import service as service_metrics
+from resinkit_grpc.observe import tracing
 from resinkit_grpc.observe.http import MetricsEndpoint, new_registry
 from resinkit_grpc.observe.rpcs import Observer, RpcMetrics
 from resinkit_grpc.security.auth import Authenticator
@@ -72,6 +73,13 @@ class Server:
                     Path(settings.tls_client_ca) if settings.tls_client_ca else None,
                 )
             )
+        authenticator = None
+        if settings.auth_tokens_file:  # TokensError: one line, before anything is touched
+            tokens = TokenFile(Path(settings.auth_tokens_file))
+            authenticator = Authenticator(tokens, protect_reflection=settings.auth_reflection)
+        if settings.otel:
+            tracing.available()  # one line without the extra, before anything is touched
+        self.database = Database(settings)
         interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
         # Outermost: calls the gate or authentication refuse are counted and logged too.
         self.registry = new_registry() if settings.metrics_address else None
@@ -86,12 +94,13 @@ class Server:
                 ),
             )
         interceptors.append(Observer(rpc_metrics, mutual_tls=bool(settings.tls_client_ca)))
+        if settings.otel:  # a span per RPC, refused ones included, with its statements beneath
+            engines = [self.database.writer_engine, self.database.reader_engine]
+            interceptors.append(tracing.start(engines))
         self.gate = ShutdownGate()
         interceptors.append(self.gate)
-        if settings.auth_tokens_file:  # TokensError: one line, before anything is touched
-            tokens = TokenFile(Path(settings.auth_tokens_file))
-            interceptors.append(Authenticator(tokens, protect_reflection=settings.auth_reflection))
-        self.database = Database(settings)
+        if authenticator is not None:
+            interceptors.append(authenticator)
         self.health = Health()
         self.grpc_server = grpc.aio.server(
             options=server_options(settings),
@@ -189,6 +198,8 @@ class Server:
         await self.grpc_server.stop(max(0.0, self.settings.grace_period - spent))
         self._close_metrics()
         await asyncio.to_thread(self.database.close)
+        if self.settings.otel:
+            await asyncio.to_thread(tracing.stop)
         log.info("stopped")
 
     def _close_metrics(self) -> None:

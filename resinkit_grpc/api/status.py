@@ -186,7 +186,13 @@ def pack_status(code: int, message: str, details: list[Any]) -> status_pb2.Statu
     return status_pb2.Status(code=code, message=message, details=packed)
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+    # The code set first as well: OpenTelemetry's servicer-context wrapper learns the code from
+    # set_code and abort, not from abort_with_status.
+    context.set_code(_CODES.get(status.code, grpc.StatusCode.UNKNOWN))
     # grpc-stubs predates abort_with_status on the aio context.
     await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
 

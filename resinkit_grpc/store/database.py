@@ -120,10 +120,14 @@ class Database:
         loop = asyncio.get_running_loop()
         read = _AbandonableRead(call_deadline.get())
         try:
-            return await loop.run_in_executor(
-                self._readers,
-                lambda: self._run(self.reader_engine, read.run(operation), *args, **kwargs),
-            )
+            # In the caller's context, as writes are (see GroupWriter.submit).
+            context = contextvars.copy_context()
+            watched = read.run(operation)
+
+            def in_context() -> T:
+                return self._run(self.reader_engine, watched, *args, **kwargs)
+
+            return await loop.run_in_executor(self._readers, context.run, in_context)
         except asyncio.CancelledError:
             # Off the loop: a PostgreSQL cancel request is a round trip of its own.
             loop.run_in_executor(None, read.abandon)

@@ -19,7 +19,8 @@ value, and each length of list gets its SQL built once.
 Unlike SQLAlchemy's execution: NULLs skip the processors (every column type here maps None to
 None), a statement binds every parameter it was compiled with (an INSERT names all its
 columns), an IN list must not be empty (SQLAlchemy writes an empty one as a different
-expression), and engine events and echo do not see the statements.
+expression), and engine events and echo do not see the statements (DRIVER_PATH.on = False
+sends every statement through SQLAlchemy, for tracing).
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ Processor = Callable[[Any], Any] | None
 # The most IN-list length combinations whose SQL a statement keeps.
 MAX_EXPANDED = 256
 Statement = Select[Any] | Insert | Update
+
+
+class _DriverPath:
+    """Whether SQLite statements may skip SQLAlchemy's execution. Off while statements are
+    traced (observe/tracing.py): the tracing listens to SQLAlchemy's engine events."""
+
+    on = True
+
+
+DRIVER_PATH = _DriverPath()
 
 
 @dataclass(frozen=True)
@@ -61,7 +72,7 @@ class Prepared:
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> int:
         """Runs a DML statement; returns the driver's rowcount."""
-        if connection.dialect.name != "sqlite":
+        if not DRIVER_PATH.on or connection.dialect.name != "sqlite":
             return connection.execute(self.statement, dict(params)).rowcount
         cursor = self._run(connection, params)
         try:
@@ -71,7 +82,7 @@ class Prepared:
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Runs a SELECT; returns its first row as column key -> value, or None."""
-        if connection.dialect.name != "sqlite":
+        if not DRIVER_PATH.on or connection.dialect.name != "sqlite":
             row = connection.execute(self.statement, dict(params)).first()
             return None if row is None else row._asdict()
         row = self._fetch(connection, params, sqlite3.Cursor.fetchone)
@@ -79,7 +90,7 @@ class Prepared:
 
     def all(self, connection: Connection, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Runs a SELECT; returns every row as column key -> value."""
-        if connection.dialect.name != "sqlite":
+        if not DRIVER_PATH.on or connection.dialect.name != "sqlite":
             result = connection.execute(self.statement, dict(params))
             keys = tuple(result.keys())  # once: Row._asdict() works them out on every row
             return [dict(zip(keys, row, strict=True)) for row in result.all()]

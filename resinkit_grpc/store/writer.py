@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import queue
 import sqlite3
@@ -97,7 +98,14 @@ class GroupWriter:
         elif self._queue.qsize() >= self._max_queued:
             future.set_exception(Overloaded("too many writes are waiting; retry later"))
         else:
-            self._queue.put(_Job(run, future, loop, deadline))
+            # Run in the caller's context: what it carries (a trace's span) follows its
+            # statements onto this thread.
+            context = contextvars.copy_context()
+
+            def in_context(connection: Connection) -> Any:
+                return context.run(run, connection)
+
+            self._queue.put(_Job(in_context, future, loop, deadline))
             if self._stopped:  # it stopped while this was queued: nobody else will answer
                 self._answer_the_rest()
         return future
