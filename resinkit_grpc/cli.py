@@ -1,4 +1,5 @@
-"""The `resinkit-grpc` command: `serve` runs the server, `migrate` only upgrades the database.
+"""The `resinkit-grpc` command: `serve` runs the server, `migrate` only upgrades the database,
+`purge` removes what retention would.
 
 Every option also reads a RESINKIT_* environment variable; a flag wins over the variable."""
 
@@ -14,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -22,8 +24,17 @@ from resinkit_grpc.config import Settings
 from resinkit_grpc.security.tls import TLSError
 from resinkit_grpc.security.tokens import TokensError, new_token
 from resinkit_grpc.server import ServerError, serve
+from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.engine import DatabaseURLError, create_engines
-from resinkit_grpc.store.migrations import MigrationBroken, SchemaTooNew, migrate
+from resinkit_grpc.store.events import serialize_appends
+from resinkit_grpc.store.migrations import (
+    MigrationBroken,
+    SchemaBehind,
+    SchemaTooNew,
+    migrate,
+    require_head,
+)
+from resinkit_grpc.store.retention import count_purgeable, purge_batch
 
 DEFAULTS = Settings()
 
@@ -73,6 +84,28 @@ def any_text(value: Any) -> str | None:
 
 def non_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_RETENTION_SECONDS = 36500 * 86400  # a hundred years
+
+
+def duration(text: str) -> float:
+    """Seconds in a duration such as `30d`, `12h`, `90m`, `3600s` (a unit is required, so
+    that `30` is never read as seconds when days were meant); `0` alone means off."""
+    cleaned = text.strip().lower()
+    if cleaned == "0":
+        return 0.0
+    number, unit = cleaned[:-1], cleaned[-1:]
+    if unit not in DURATION_UNITS or not number:
+        raise ValueError(text)
+    return float(number) * DURATION_UNITS[unit]
+
+
+def retention_range(value: Any) -> str | None:
+    if value == 0 or (math.isfinite(value) and 1 <= value <= MAX_RETENTION_SECONDS):
+        return None
+    return "must be 0 (off) or a duration from 1s to 36500d, such as 30d, 12h, 90m or 3600s"
 
 
 @dataclass(frozen=True)
@@ -240,6 +273,42 @@ OPTIONS = [
         between(0.0001, 8760),
     ),
     Option(
+        "--expire-tasks",
+        "expire_tasks",
+        boolean,
+        "fail (FAILED, reason EXPIRED, actor system) live tasks whose expires_at has passed",
+        any_text,
+    ),
+    Option(
+        "--expiry-interval",
+        "expiry_interval",
+        float,
+        "with --expire-tasks: seconds between scans for expired tasks (0.05 to 86400)",
+        between(0.05, 86400),
+    ),
+    Option(
+        "--retention",
+        "retention",
+        duration,
+        "purge tasks that ended or were deleted and have not changed for this long, with "
+        "their events (30d, 12h, 90m, 3600s; 0: off)",
+        retention_range,
+    ),
+    Option(
+        "--retention-interval",
+        "retention_interval",
+        float,
+        "with --retention: seconds between purges (0.05 to 86400)",
+        between(0.05, 86400),
+    ),
+    Option(
+        "--purge-batch-size",
+        "purge_batch_size",
+        int,
+        "tasks purged per write transaction (1 to 10000)",
+        between(1, 10_000),
+    ),
+    Option(
         "--log-level",
         "log_level",
         str,
@@ -259,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("serve", "migrate the database, then serve gRPC"),
         ("migrate", "upgrade the database to this version's schema and exit"),
+        ("purge", "purge tasks that ended or were deleted long ago, with their events"),
     ):
         command = commands.add_parser(name, help=help_text)
         for option in OPTIONS:
@@ -281,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
                     default=None,
                     help=described,
                 )
+    purge = commands.choices["purge"]
+    purge.add_argument(
+        "--older-than",
+        type=duration,
+        default=None,
+        help="purge tasks not changed for this long (30d, 12h, 90m, 3600s) [default: --retention]",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="only count what would be purged; change nothing"
+    )
     tokens = commands.add_parser("tokens", help="make bearer tokens for --auth-tokens-file")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
     new = token_commands.add_parser(
@@ -321,6 +401,40 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
     return settings
 
 
+def purge_old_tasks(settings: Settings, older_than: float, *, dry_run: bool) -> str:
+    """`resinkit-grpc purge`: what the periodic --retention job does, once, to its end, in
+    batches of --purge-batch-size tasks (each a short write transaction of its own, taking
+    the same locks as every server's writes, so it is safe beside serving replicas). Returns
+    the line that says what was, or would be, purged."""
+    writer, reader = create_engines(settings)
+    try:
+        require_head(writer)
+        before = utcnow() - timedelta(seconds=older_than)
+        since = f"not changed since {before.isoformat(timespec='seconds')}"
+        if dry_run:
+            with reader.begin() as connection:
+                found_tasks, found_events = count_purgeable(connection, before)
+            return f"would purge {found_tasks} tasks and {found_events} events {since}"
+        purged_tasks = purged_events = 0
+        after = None
+        while True:
+            with writer.begin() as connection:
+                serialize_appends(connection)
+                batch = purge_batch(connection, before, settings.purge_batch_size, after)
+            if batch.last is None:
+                break
+            purged_tasks += batch.tasks
+            purged_events += batch.events
+            after = batch.last
+        return (
+            f"purged {purged_tasks} tasks and {purged_events} events {since}; "
+            f"events up to event_id {batch.purged_through} may be gone"
+        )
+    finally:
+        writer.dispose()
+        reader.dispose()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "tokens":
@@ -330,6 +444,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(entry, end="")
         return
     settings = settings_from(args, dict(os.environ))
+    if args.command == "purge":
+        older_than = settings.retention if args.older_than is None else args.older_than
+        if retention_range(older_than) is not None or not older_than:
+            sys.stderr.write(
+                "resinkit-grpc purge: error: --older-than needs a duration from 1s to 36500d "
+                "(or set --retention)\n"
+            )
+            sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -343,12 +465,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"database at revision {migrate(writer)}")
             writer.dispose()
             reader.dispose()
+        elif args.command == "purge":
+            print(purge_old_tasks(settings, older_than, dry_run=args.dry_run))
         else:
             asyncio.run(serve(settings))
     except (
         DatabaseURLError,
         MigrationBroken,
         SchemaTooNew,
+        SchemaBehind,
         ServerError,
         TLSError,
         TokensError,

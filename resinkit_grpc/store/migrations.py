@@ -17,7 +17,7 @@ from typing import Any
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
 import resinkit_grpc
@@ -166,4 +166,35 @@ def _lock_wait(error: OperationalError) -> bool:
     return getattr(cause, "sqlstate", None) == "55P03" or (
         getattr(cause, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED")
         or "database is locked" in str(cause)
+    )
+
+
+class SchemaBehind(RuntimeError):
+    """The database is older than this code's schema, and the command does not migrate."""
+
+
+def require_head(engine: Engine, *, location: Path | None = None) -> None:
+    """Raises SchemaBehind (or SchemaTooNew) unless the database is at this code's head: for
+    commands that use the database but leave migrating to `serve` and `migrate`."""
+    config = alembic_config(location)
+    script = ScriptDirectory.from_config(config)
+    heads = set(script.get_heads())
+    with engine.connect() as connection:
+        # Read straight from the table: a MigrationContext would log its set-up at INFO.
+        current = set()
+        if inspect(connection).has_table("alembic_version"):
+            current = set(
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+            )
+    if current == heads:
+        return
+    unknown = current - {rev.revision for rev in script.walk_revisions()}
+    if unknown:
+        raise SchemaTooNew(
+            f"the database is at revision {', '.join(sorted(unknown))}, which this version "
+            f"does not know (its newest is {', '.join(sorted(heads))}): use newer code"
+        )
+    raise SchemaBehind(
+        f"the database is at revision {', '.join(sorted(current)) or 'none'}, this version "
+        f"needs {', '.join(sorted(heads))}: run `resinkit-grpc migrate` first"
     )
