@@ -189,6 +189,7 @@ class Server:
                 before = utcnow() - retention
                 after = None
                 while True:
+                    began = asyncio.get_running_loop().time()
                     batch = await self.database.write(
                         purge_batch, before, self.settings.purge_batch_size, after
                     )
@@ -197,6 +198,9 @@ class Server:
                     purged_tasks += batch.tasks
                     purged_events += batch.events
                     after = batch.last
+                    # As long again for everybody else's writes: a purge takes half the
+                    # writer's time at most, and no write waits for two batches in a row.
+                    await asyncio.sleep(asyncio.get_running_loop().time() - began)
             except ResinkitError as error:
                 log.warning("could not purge old tasks: %s", error.message)
             except Exception as error:
