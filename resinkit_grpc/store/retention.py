@@ -98,14 +98,20 @@ def purge_batch(
     if not chosen:
         return PurgedBatch(0, 0, None, purged_through(connection))
     ids = [row.task_id for row in chosen]
-    highest = connection.execute(
-        select(func.max(events.c.event_id)).where(events.c.task_id.in_(ids))
-    ).scalar_one()
-    removed = connection.execute(delete(events).where(events.c.task_id.in_(ids))).rowcount
+    # The ids from the DELETE itself: PostgreSQL plans max(event_id) WHERE task_id IN (...) as
+    # a walk down the primary key from the newest event, which for old tasks reads the whole
+    # log (measured: seconds per batch at 300,000 events).
+    removed = (
+        connection.execute(
+            delete(events).where(events.c.task_id.in_(ids)).returning(events.c.event_id)
+        )
+        .scalars()
+        .all()
+    )
     connection.execute(delete(tasks).where(tasks.c.task_id.in_(ids)))
-    through = raise_horizon(connection, int(highest or 0))
+    through = raise_horizon(connection, max(removed, default=0))
     last = chosen[-1]
-    return PurgedBatch(len(ids), int(removed), (last.updated_at, last.task_id), through)
+    return PurgedBatch(len(ids), len(removed), (last.updated_at, last.task_id), through)
 
 
 def count_purgeable(connection: Connection, before: datetime) -> tuple[int, int]:
