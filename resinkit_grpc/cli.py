@@ -1,5 +1,6 @@
 """The `resinkit-grpc` command: `serve` runs the server, `migrate` moves the database between
-schema revisions (an operator's step), `tokens new` makes a bearer token.
+schema revisions (an operator's step), `purge` removes what retention would, `tokens new` makes
+a bearer token.
 
 Every option also reads a RESINKIT_* environment variable; a flag wins over the variable."""
 
@@ -12,8 +13,10 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,17 @@ from resinkit_grpc.security.tls import TLSError
 from resinkit_grpc.security.tokens import TokensError, new_token
 from resinkit_grpc.server import ServerError, serve
 from resinkit_grpc.store import migrations
+from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.engine import DatabaseURLError, create_engines, parse_url
+from resinkit_grpc.store.events import serialize_appends
 from resinkit_grpc.store.migrations import (
     MigrationBroken,
     MigrationRefused,
     SchemaBehind,
     SchemaTooNew,
+    require_head,
 )
+from resinkit_grpc.store.retention import count_purgeable, purge_batch
 
 DEFAULTS = Settings()
 
@@ -82,6 +89,28 @@ def any_text(value: Any) -> str | None:
 
 def non_empty(value: Any) -> str | None:
     return None if value else "must not be empty"
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_RETENTION_SECONDS = 36500 * 86400  # a hundred years
+
+
+def duration(text: str) -> float:
+    """Seconds in a duration such as `30d`, `12h`, `90m`, `3600s` (a unit is required, so
+    that `30` is never read as seconds when days were meant); `0` alone means off."""
+    cleaned = text.strip().lower()
+    if cleaned == "0":
+        return 0.0
+    number, unit = cleaned[:-1], cleaned[-1:]
+    if unit not in DURATION_UNITS or not number:
+        raise ValueError(text)
+    return float(number) * DURATION_UNITS[unit]
+
+
+def retention_range(value: Any) -> str | None:
+    if value == 0 or (math.isfinite(value) and 1 <= value <= MAX_RETENTION_SECONDS):
+        return None
+    return "must be 0 (off) or a duration from 1s to 36500d, such as 30d, 12h, 90m or 3600s"
 
 
 @dataclass(frozen=True)
@@ -259,6 +288,42 @@ OPTIONS = [
         serve_only=True,
     ),
     Option(
+        "--expire-tasks",
+        "expire_tasks",
+        boolean,
+        "fail (FAILED, reason EXPIRED, actor system) live tasks whose expires_at has passed",
+        any_text,
+    ),
+    Option(
+        "--expiry-interval",
+        "expiry_interval",
+        float,
+        "with --expire-tasks: seconds between scans for expired tasks (0.05 to 86400)",
+        between(0.05, 86400),
+    ),
+    Option(
+        "--retention",
+        "retention",
+        duration,
+        "purge tasks that ended or were deleted and have not changed for this long, with "
+        "their events (30d, 12h, 90m, 3600s; 0: off)",
+        retention_range,
+    ),
+    Option(
+        "--retention-interval",
+        "retention_interval",
+        float,
+        "with --retention: seconds between purges (0.05 to 86400)",
+        between(0.05, 86400),
+    ),
+    Option(
+        "--purge-batch-size",
+        "purge_batch_size",
+        int,
+        "tasks purged per write transaction (1 to 10000)",
+        between(1, 10_000),
+    ),
+    Option(
         "--log-level",
         "log_level",
         str,
@@ -344,6 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_parser("history", help="every revision this code knows, oldest first")
     for step in (upgrade, downgrade, *(steps.choices[name] for name in ("current", "history"))):
         _add_options(step, serving=False)
+    purge = commands.add_parser(
+        "purge", help="purge tasks that ended or were deleted long ago, with their events"
+    )
+    _add_options(purge, serving=False)
+    purge.add_argument(
+        "--older-than",
+        type=duration,
+        default=None,
+        help="purge tasks not changed for this long (30d, 12h, 90m, 3600s) [default: --retention]",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="only count what would be purged; change nothing"
+    )
     tokens = commands.add_parser("tokens", help="make bearer tokens for --auth-tokens-file")
     token_commands = tokens.add_subparsers(dest="tokens_command", required=True)
     new = token_commands.add_parser(
@@ -396,6 +474,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(entry, end="")
         return
     settings = settings_from(args, dict(os.environ))
+    if args.command == "purge":
+        older_than = settings.retention if args.older_than is None else args.older_than
+        if retention_range(older_than) is not None or not older_than:
+            sys.stderr.write(
+                "resinkit-grpc purge: error: --older-than needs a duration from 1s to 36500d "
+                "(or set --retention)\n"
+            )
+            sys.exit(2)
     logs.configure(settings.log_level, settings.log_format)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: for diagnosing a stuck server.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -404,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             run_migrate(
                 args.migrate_command or "upgrade", getattr(args, "revision", "head"), settings
             )
+        elif args.command == "purge":
+            print(purge_old_tasks(settings, older_than, dry_run=args.dry_run))
         else:
             asyncio.run(serve(settings))
     except (
@@ -421,6 +509,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     except DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         sys.exit(f"resinkit-grpc: error: cannot use the database: {reason}")
+
+
+def purge_old_tasks(settings: Settings, older_than: float, *, dry_run: bool) -> str:
+    """`resinkit-grpc purge`: what the periodic --retention job does, once, to its end, in
+    batches of --purge-batch-size tasks (each a short write transaction of its own, taking
+    the same locks as every server's writes, so it is safe beside serving replicas). Returns
+    the line that says what was, or would be, purged."""
+    writer, reader = create_engines(settings)
+    try:
+        require_head(writer)
+        before = utcnow() - timedelta(seconds=older_than)
+        since = f"not changed since {before.isoformat(timespec='seconds')}"
+        if dry_run:
+            with reader.begin() as connection:
+                found_tasks, found_events = count_purgeable(connection, before)
+            return f"would purge {found_tasks} tasks and {found_events} events {since}"
+        purged_tasks = purged_events = 0
+        after = None
+        while True:
+            began = time.monotonic()
+            with writer.begin() as connection:
+                serialize_appends(connection)
+                batch = purge_batch(connection, before, settings.purge_batch_size, after)
+            if batch.last is None:
+                break
+            purged_tasks += batch.tasks
+            purged_events += batch.events
+            after = batch.last
+            # As long again with the lock free: SQLite's busy handler polls other writers at
+            # intervals that grow with their wait (up to 100 ms), and a purge that took the
+            # lock again at once would starve them for seconds (measured: 4.7 s).
+            time.sleep(time.monotonic() - began)
+        return (
+            f"purged {purged_tasks} tasks and {purged_events} events {since}; "
+            f"events up to event_id {batch.purged_through} may be gone"
+        )
+    finally:
+        writer.dispose()
+        reader.dispose()
 
 
 def run_migrate(step: str, revision: str, settings: Settings) -> None:

@@ -55,6 +55,16 @@ class Settings:
     watch_buffer_bytes: int = 4 * 1024 * 1024
     # Hours a mutation's request_id is kept (a retry within them gets the first outcome back).
     request_id_retention: float = 24.0
+    # Expiry: fail (FAILED, reason EXPIRED, actor system) live tasks whose expires_at has passed
+    # before they ended, scanning every expiry_interval seconds.
+    expire_tasks: bool = False
+    expiry_interval: float = 10.0
+    # Retention, in seconds (0: off): tasks that ended or were deleted and have not changed for
+    # this long are purged with their events, every retention_interval seconds, in batches of
+    # at most purge_batch_size tasks (one write transaction each).
+    retention: float = 0.0
+    retention_interval: float = 600.0
+    purge_batch_size: int = 500
     log_level: str = "INFO"
     # text (human-readable lines) or json (one object per line).
     log_format: str = "text"

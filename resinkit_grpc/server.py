@@ -20,6 +20,7 @@ from resinkit_grpc.api.health import Health
 from resinkit_grpc.api.page_tokens import PageTokens
 from resinkit_grpc.api.registration import add_health_service, add_task_service
 from resinkit_grpc.api.servicer import TaskService
+from resinkit_grpc.api.status import log_unexpected
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import ResinkitError
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
@@ -32,8 +33,10 @@ from resinkit_grpc.security.tls import CertificateFiles, ReloadingCredentials
 from resinkit_grpc.security.tokens import TokenFile
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
+from resinkit_grpc.store.expiry import due_for_expiry, expire_tasks
 from resinkit_grpc.store.migrations import migrate, require_head
 from resinkit_grpc.store.requests import purge_requests
+from resinkit_grpc.store.retention import purge_batch
 from resinkit_grpc.store.tasks import load_or_create_secret
 from resinkit_grpc.watch.watches import Watches
 
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 # gen0 allocations before a collection (default 700), and how often older generations follow.
 GC_THRESHOLDS = (50_000, 20, 100)
 PURGE_INTERVAL_SECONDS = 600.0
+# Tasks one expiry write moves at most (each with its event).
+EXPIRY_BATCH = 100
 # Once the gate is closed, how long no call must arrive before the server stops.
 GATE_QUIET_SECONDS = 0.1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
@@ -111,6 +116,8 @@ class Server:
         self.port = 0
         self.metrics: MetricsEndpoint | None = None
         self._purging: asyncio.Task[None] | None = None
+        # Expiry and retention (see _expire_due_tasks, _purge_old_tasks), when switched on.
+        self._jobs: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         check = require_head if self.settings.no_migrate else migrate
@@ -159,6 +166,10 @@ class Server:
         # collector's way, and collect less often. Full collections walking every object
         # were the tail of watch delivery latency (and of unary p99) under load.
         self._purging = asyncio.create_task(self._purge_request_ids(), name="purge-request-ids")
+        if self.settings.expire_tasks:
+            self._jobs.append(asyncio.create_task(self._expire_due_tasks(), name="expiry"))
+        if self.settings.retention:
+            self._jobs.append(asyncio.create_task(self._purge_old_tasks(), name="retention"))
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         host = self.settings.address.rsplit(":", 1)[0]
@@ -180,6 +191,64 @@ class Server:
             except ResinkitError as error:  # the database is away: next time
                 log.warning("could not purge request ids: %s", error.message)
 
+    async def _expire_due_tasks(self) -> None:
+        """Fails live tasks whose expires_at has passed (store/expiry.py), every
+        --expiry-interval. Every replica runs it: the write re-checks each task, so a task
+        two replicas find due moves once."""
+        while True:
+            await asyncio.sleep(self.settings.expiry_interval)
+            try:
+                while True:
+                    due = await self.database.read(due_for_expiry, utcnow(), EXPIRY_BATCH)
+                    if not due:
+                        break
+                    moved = await self.database.write(expire_tasks, due)
+                    if moved:
+                        log.info("expired %d tasks (now FAILED, reason EXPIRED)", len(moved))
+                    if len(due) < EXPIRY_BATCH:
+                        break
+            except ResinkitError as error:  # the database is away: next time
+                log.warning("could not expire tasks: %s", error.message)
+            except Exception as error:  # a bug: logged, and the job goes on
+                log_unexpected("expiry", error)
+
+    async def _purge_old_tasks(self) -> None:
+        """Purges tasks that ended or were deleted more than --retention ago, with their
+        events (store/retention.py), every --retention-interval: one batch of at most
+        --purge-batch-size tasks per write, so other writes wait one batch at most. Every
+        replica runs it; each batch decides what it deletes under the write lock."""
+        retention = timedelta(seconds=self.settings.retention)
+        while True:
+            await asyncio.sleep(self.settings.retention_interval)
+            purged_tasks = purged_events = 0
+            try:
+                before = utcnow() - retention
+                after = None
+                while True:
+                    began = asyncio.get_running_loop().time()
+                    batch = await self.database.write(
+                        purge_batch, before, self.settings.purge_batch_size, after
+                    )
+                    if batch.last is None:
+                        break
+                    purged_tasks += batch.tasks
+                    purged_events += batch.events
+                    after = batch.last
+                    # As long again for everybody else's writes: a purge takes half the
+                    # writer's time at most, and no write waits for two batches in a row.
+                    await asyncio.sleep(asyncio.get_running_loop().time() - began)
+            except ResinkitError as error:
+                log.warning("could not purge old tasks: %s", error.message)
+            except Exception as error:
+                log_unexpected("retention", error)
+            if purged_tasks:
+                log.info(
+                    "retention purged %d tasks and %d events not changed since %s",
+                    purged_tasks,
+                    purged_events,
+                    before.isoformat(timespec="seconds"),
+                )
+
     async def stop(self) -> None:
         # From here every new call is UNAVAILABLE before it runs; calls already admitted go on.
         self.gate.closed = True
@@ -188,6 +257,8 @@ class Server:
         # grace period is spent on unary RPCs.
         if self._purging is not None:
             self._purging.cancel()
+        for job in self._jobs:
+            job.cancel()
         await self.watches.close()
         # New calls meet the gate (UNAVAILABLE) until they stop coming, rather than stop(),
         # which cancels what its transport accepted: half the grace period at most.

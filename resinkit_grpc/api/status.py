@@ -152,6 +152,8 @@ def watch_ending(ended: Ended) -> status_pb2.Status | None:
     (absent only when a live-only stream is refused before it started: just ask again)."""
     if ended.reason is EndReason.FINISHED:
         return None
+    if ended.reason is EndReason.EVENTS_PURGED:
+        return events_purged(ended)
     code, message = _ENDINGS[ended.reason]
     metadata = {}
     if ended.resume_after is not None:
@@ -159,6 +161,32 @@ def watch_ending(ended: Ended) -> status_pb2.Status | None:
         message = f"{message}; resume with after_event_id={ended.resume_after}"
     info = error_details_pb2.ErrorInfo(reason=ended.reason.value, domain=DOMAIN, metadata=metadata)
     return pack_status(code, message, [info])
+
+
+def events_purged(ended: Ended) -> status_pb2.Status:
+    """OUT_OF_RANGE (Kubernetes' 410 Gone): the stream's position is older than what retention
+    keeps. Deliberately no resume_after_event_id: resuming there would skip the purged events.
+    The client lists again (ListTasks, or ListTaskEvents of its tasks: a task is purged whole,
+    so a stored task's history is complete), then watches from after the listed position or
+    from purged_through_event_id."""
+    horizon = ended.purged_through or 0
+    metadata = {
+        # Every event above it is still stored: a watch from here on is complete.
+        "purged_through_event_id": str(horizon),
+        "oldest_retained_event_id": str(horizon + 1),
+    }
+    if ended.resume_after is not None:
+        # How far this stream got: every matching event up to here was sent on it.
+        metadata["after_event_id"] = str(ended.resume_after)
+    message = (
+        f"retention has purged events this stream would carry after event_id "
+        f"{ended.resume_after} (the log is kept from {horizon + 1} on); list again, then "
+        f"watch from the listed position or with after_event_id={horizon}"
+    )
+    info = error_details_pb2.ErrorInfo(
+        reason=EndReason.EVENTS_PURGED.value, domain=DOMAIN, metadata=metadata
+    )
+    return pack_status(code_pb2.OUT_OF_RANGE, message, [info])
 
 
 def log_unexpected(where: str, error: Exception) -> None:

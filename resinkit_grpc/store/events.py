@@ -24,6 +24,7 @@ from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.rules import EventType, TaskStatus
 from resinkit_grpc.store.models import Task, TaskEvent
 from resinkit_grpc.store.prepared import Prepared
+from resinkit_grpc.store.retention import purged_through
 from resinkit_grpc.store.size_cut import cut_by_size, stored_length
 
 events = cast(Table, TaskEvent.__table__)
@@ -141,6 +142,15 @@ def read_log(
     return LogPage(rows, complete)
 
 
+def read_tail(
+    connection: Connection, *, after_event_id: int, limit: int, max_bytes: int
+) -> tuple[LogPage, int]:
+    """The tail's read: read_log from its position, and the log horizon read after the rows
+    (a purge that removed rows before they were read shows in it)."""
+    page = read_log(connection, after_event_id=after_event_id, limit=limit, max_bytes=max_bytes)
+    return page, purged_through(connection)
+
+
 @dataclass(frozen=True)
 class LogPage:
     rows: list[dict[str, Any]]
@@ -204,9 +214,10 @@ def list_task_events(
 
 
 def last_event_id(connection: Connection) -> int:
-    return int(
-        connection.execute(select(func.coalesce(func.max(events.c.event_id), 0))).scalar_one()
-    )
+    """The log's position: its largest event_id; or the horizon, when retention has purged the
+    newest events (their ids are never handed out again, so the log has passed them)."""
+    stored = connection.execute(select(func.coalesce(func.max(events.c.event_id), 0))).scalar_one()
+    return max(int(stored), purged_through(connection))
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,9 @@ class ReplayPage:
     task: TaskState | None
     # Whether the page reached `scanned_to` = the end of the log as this snapshot saw it.
     complete: bool
+    # The log horizon, when retention may have purged events this page should have held
+    # (see missing_since): the page must not be delivered. None: nothing is missing.
+    purged_through: int | None = None
 
 
 def read_replay_page(
@@ -270,4 +284,33 @@ def read_replay_page(
     )
     # A page cut short (by count or by bytes) covers the log up to its last row only.
     scanned_to = upper if page.complete else page.rows[-1]["event_id"]
-    return ReplayPage(page.rows, scanned_to, task, page.complete)
+    # After the rows: on PostgreSQL a later statement sees a later moment, so a purge that
+    # removed rows before they were read shows here.
+    purged = missing_since(connection, after_event_id, task_ids)
+    return ReplayPage(page.rows, scanned_to, task, page.complete, purged)
+
+
+def missing_since(
+    connection: Connection, after_event_id: int, task_ids: Sequence[str]
+) -> int | None:
+    """The log horizon if retention may have purged an event above `after_event_id` that a
+    stream of these tasks (every task, when empty) would carry; else None.
+
+    Nothing is missing when the horizon is at or below the position. Below it, a stream of
+    named tasks still misses nothing when each of them exists and existed at the position
+    already (its first event is at or below it): tasks are purged whole, and an earlier task
+    of the same id has only events below the first of the present one."""
+    horizon = purged_through(connection)
+    if horizon <= after_event_id:
+        return None
+    if task_ids:
+        first = dict(
+            connection.execute(
+                select(events.c.task_id, func.min(events.c.event_id))
+                .where(events.c.task_id.in_(list(task_ids)))
+                .group_by(events.c.task_id)
+            ).all()
+        )
+        if all(first.get(task_id, after_event_id + 1) <= after_event_id for task_id in task_ids):
+            return None
+    return horizon

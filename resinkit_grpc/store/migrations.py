@@ -125,8 +125,7 @@ def require_head(engine: Engine, *, location: Path | None = None) -> str:
     if at != wanted:
         raise SchemaBehind(
             f"the database is at revision {', '.join(at) or 'none (empty)'}, behind this "
-            f"server's {', '.join(wanted)}: run `resinkit-grpc migrate upgrade` first, or serve "
-            "without --no-migrate"
+            f"version's {', '.join(wanted)}: run `resinkit-grpc migrate upgrade` first"
         )
     return ", ".join(at)
 

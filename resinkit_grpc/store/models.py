@@ -35,6 +35,11 @@ SQLITE_ACTIVE_ONLY = text("active = 1")
 POSTGRES_ACTIVE_ONLY = text("active")
 
 STATUS_NAMES = ", ".join(f"'{s.value}'" for s in TaskStatus)
+TERMINAL_NAMES = ", ".join(f"'{s.value}'" for s in TaskStatus if s.is_terminal)
+# Live tasks that have not ended: what expiry scans. The very text queries use (see
+# store/expiry.py), so that both databases recognize the partial index as usable.
+SQLITE_OPEN = text(f"active = 1 AND status NOT IN ({TERMINAL_NAMES})")
+POSTGRES_OPEN = text(f"active AND status NOT IN ({TERMINAL_NAMES})")
 
 
 class Base(DeclarativeBase):
@@ -96,6 +101,14 @@ class Task(Base):
         Index("ix_tasks_priority", "priority", "task_id"),
         Index("ix_tasks_created_by", "created_by"),
         Index("ix_tasks_expires_at", "expires_at"),
+        # Expiry's scan: only tasks that may still expire, so that ended ones (which keep
+        # their expires_at) never make it slower.
+        Index(
+            "ix_tasks_open_expires_at",
+            "expires_at",
+            sqlite_where=SQLITE_OPEN,
+            postgresql_where=POSTGRES_OPEN,
+        ),
     )
 
 
@@ -149,3 +162,20 @@ class MutationRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_mutation_requests_created_at", "created_at"),)
+
+
+class LogHorizon(Base):
+    """One row: how far retention has purged the event log. Every event with an id above
+    `purged_through_event_id` is still stored; below it, events of purged tasks are gone, so a
+    watch that resumes from there would miss them (it is refused: OUT_OF_RANGE)."""
+
+    __tablename__ = "log_horizon"
+
+    # Always 1: the table holds one row, made by the migration.
+    singleton: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # The largest event_id any purge has removed (0: nothing purged yet). Never goes down.
+    purged_through_event_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # When a purge last moved it.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (CheckConstraint("singleton = 1", name="singleton"),)

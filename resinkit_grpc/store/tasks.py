@@ -297,7 +297,7 @@ def _update_task(
     etag: str | None,
     actor: str | None,
 ) -> TaskRecord:
-    current = _current(connection, task_id, etag)
+    current = current_task(connection, task_id, etag)
     _require_active(current, "update")
     changed = [name for name, value in changes.items() if current[name] != value]
     if not changed:
@@ -322,29 +322,49 @@ def update_task_status(connection: Connection, change: StatusChange) -> TaskReco
 
 
 def _update_task_status(connection: Connection, change: StatusChange) -> TaskRecord:
-    current = _current(connection, change.task_id, change.etag)
+    current = current_task(connection, change.task_id, change.etag)
     _require_active(current, "change the status of")
+    return move_status(
+        connection, current, change.status, change.details, actor=change.actor, now=utcnow()
+    )
+
+
+def move_status(
+    connection: Connection,
+    current: TaskRecord,
+    status: TaskStatus,
+    details: Mapping[str, Mapping[str, Any]],
+    *,
+    actor: str | None,
+    now: datetime,
+    reason: str | None = None,
+) -> TaskRecord:
+    """Moves a task read in this transaction (see current_task) along the transition table and
+    records its STATUS_CHANGE event; `reason` (a server's own decision, e.g. EXPIRED) goes
+    into the event's data beside the details."""
     previous = TaskStatus(current["status"])
-    if not can_transition(previous, change.status):
-        raise InvalidTransition(change.task_id, previous, change.status, allowed_next(previous))
-    now = utcnow()
-    values: dict[str, Any] = {"status": change.status.value}
-    if change.status is TaskStatus.RUNNING and current["started_at"] is None:
+    if not can_transition(previous, status):
+        raise InvalidTransition(current["task_id"], previous, status, allowed_next(previous))
+    values: dict[str, Any] = {"status": status.value}
+    if status is TaskStatus.RUNNING and current["started_at"] is None:
         values["started_at"] = now
-    if change.status.is_terminal:
+    if status.is_terminal:
         values["finished_at"] = now
-    details = {name: dict(value) for name, value in change.details.items()}
+    details = {name: dict(value) for name, value in details.items()}
     values.update(details)
     record = _update(connection, current, now, values)
+    event_data: dict[str, Any] = dict(details)
+    if reason is not None:
+        event_data["reason"] = reason
     append_event(
         connection,
-        change.task_id,
+        current["task_id"],
         EventType.STATUS_CHANGE,
         now,
-        event_data=details or None,
+        event_data=event_data or None,
         previous_status=previous,
-        new_status=change.status,
-        actor=change.actor,
+        new_status=status,
+        actor=actor,
     )
     return record
 
@@ -370,7 +390,7 @@ def delete_task(
 def _delete_task(
     connection: Connection, task_id: str, etag: str | None, actor: str | None
 ) -> TaskRecord:
-    current = _current(connection, task_id, etag)
+    current = current_task(connection, task_id, etag)
     if not current["active"]:
         raise TaskStateConflict(
             task_id, "TASK_ALREADY_DELETED", f"task {task_id!r} is already deleted"
@@ -399,7 +419,7 @@ def undelete_task(
 
 
 def _undelete_task(connection: Connection, task_id: str, actor: str | None) -> TaskRecord:
-    current = _current(connection, task_id, None)
+    current = current_task(connection, task_id, None)
     if current["active"]:
         raise TaskStateConflict(task_id, "TASK_NOT_DELETED", f"task {task_id!r} is not deleted")
     now = utcnow()
@@ -420,7 +440,7 @@ def load_or_create_secret(connection: Connection, name: str) -> str:
     return str(connection.execute(select(table.c.value).where(table.c.name == name)).scalar_one())
 
 
-def _current(connection: Connection, task_id: str, etag: str | None) -> TaskRecord:
+def current_task(connection: Connection, task_id: str, etag: str | None) -> TaskRecord:
     # FOR UPDATE: concurrent changes of one task (from any replica) apply one after the other.
     statement = SELECT_FOR_UPDATE if connection.dialect.name == "postgresql" else SELECT_FULL
     record = statement.first(connection, {"key_task_id": task_id})

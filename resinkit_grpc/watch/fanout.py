@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from resinkit_grpc.watch.items import EventFilter, LogEvent
+from resinkit_grpc.watch.items import EndReason, EventFilter, LogEvent
 from resinkit_grpc.watch.subscription import Subscription
 
 
@@ -59,6 +59,15 @@ class Fanout:
                 group.discard(subscription)
                 if not group:
                     del self._by_filter[subscription.filter]
+
+    def end_behind(self, horizon: int) -> None:
+        """Ends (EVENTS_PURGED) every subscription whose position is below `horizon`: retention
+        removed events it had not been offered yet. Only a tail lagging further behind than
+        the retention meets this."""
+        for subscription in list(self._subscribed):
+            if subscription.cursor < horizon:
+                subscription.end(EndReason.EVENTS_PURGED, purged_through=horizon)
+                self.unsubscribe(subscription)
 
     def dispatch(self, batch: Sequence[LogEvent]) -> None:
         """Offers one batch (consecutive log events in id order, none at or below `position`)

@@ -139,15 +139,21 @@ class EndReason(enum.Enum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     # The server already serves as many streams as it may; refused before it started.
     TOO_MANY_WATCHERS = "TOO_MANY_WATCHERS"
+    # Retention purged events the stream would have carried, above its position: it cannot go
+    # on without a gap. Not resumable from its position; see Ended.purged_through.
+    EVENTS_PURGED = "EVENTS_PURGED"
 
 
 @dataclass(frozen=True, slots=True)
 class Ended:
     """The last item of a stream. `resume_after`: every matching event up to it was handed to
-    the stream, none after it; None only for a live-only stream refused before it started."""
+    the stream, none after it; None only for a live-only stream refused before it started.
+    For EVENTS_PURGED, resuming there would skip what was purged: `purged_through` is the
+    log horizon, above which every event is still stored."""
 
     reason: EndReason
     resume_after: int | None
+    purged_through: int | None = None
 
 
 Item = LogEvent | Passed | Ended

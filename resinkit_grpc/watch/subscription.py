@@ -42,6 +42,7 @@ class Subscription:
         self._queued_bytes = 0
         self._finished = False  # the watched task ended: end once the queue is taken
         self._ended: EndReason | None = None
+        self._purged_through: int | None = None
         self._wakeup = asyncio.Event()
 
     @property
@@ -96,10 +97,12 @@ class Subscription:
         it read from the table between joining and taking its first live batch)."""
         self.taken = max(self.taken, position)
 
-    def end(self, reason: EndReason) -> None:
-        """Ends the stream early: what is queued is dropped; it resumes after `taken`."""
+    def end(self, reason: EndReason, *, purged_through: int | None = None) -> None:
+        """Ends the stream early: what is queued is dropped; it resumes after `taken`
+        (EVENTS_PURGED: the events purged through `purged_through` are lost to it)."""
         if self._ended is None and not self._finished:
             self._ended = reason
+            self._purged_through = purged_through
             self._queue.clear()
             self._queued_bytes = 0
             self._wakeup.set()
@@ -109,7 +112,7 @@ class Subscription:
         and whatever the fan-out has passed since; or the ending. Marks are made here, and only
         here, after the queue has been emptied: so no mark can ever claim a queued event."""
         if self._ended is not None:
-            return [Ended(self._ended, self.taken)]
+            return [Ended(self._ended, self.taken, self._purged_through)]
         queued = list(self._queue)
         self._queue.clear()
         self._queued_bytes = 0

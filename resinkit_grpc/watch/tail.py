@@ -114,12 +114,15 @@ class EventTail:
 
     async def _catch_up(self) -> None:
         while self.fanout.listening:  # nobody to tell: subscribe() moves the position
-            page = await self._db.read(
-                events.read_log,
-                after_event_id=self.fanout.position,
+            before = self.fanout.position
+            page, horizon = await self._db.read(
+                events.read_tail,
+                after_event_id=before,
                 limit=BATCH,
                 max_bytes=self._batch_bytes,
             )
+            if horizon > before:
+                self.fanout.end_behind(horizon)
             if page.rows:
                 self.fanout.dispatch([LogEvent.from_row(row) for row in page.rows])
             if page.complete:

@@ -1,6 +1,10 @@
 """The watch streams of this process: replay from the table, join the tail's live feed at
 exactly the replay's position, position marks, limits and resumable endings.
 
+Retention may purge events while a stream replays: every page is checked against the log
+horizon after it is read (events.missing_since), so a stream whose position falls below what
+was purged ends EVENTS_PURGED before it could hand out anything past the gap.
+
 A stream is an async iterator of item batches (events, position marks, one ending last) in
 strictly increasing position; whoever serves it over a transport maps items to messages."""
 
@@ -88,6 +92,9 @@ class Watches:
                 if first and until and page.task is None and not request.wait_for_creation:
                     raise TaskNotFound(until)
                 first = False
+                if page.purged_through is not None:
+                    yield [_purged(cursor, page)]
+                    return
                 items = self._replayed(request, page)
                 replayed_to = max(replayed_to, page.scanned_to)
                 # A client may name a position beyond the log; it still gets nothing before it.
@@ -128,6 +135,9 @@ class Watches:
                 yield items
             while cursor < joined_at:
                 page = await self._replay_page(request, cursor, upper=joined_at)
+                if page.purged_through is not None:
+                    yield [_purged(cursor, page)]
+                    return
                 items = self._replayed(request, page)
                 cursor = page.scanned_to
                 if _ends(items):
@@ -188,6 +198,12 @@ class Watches:
                 items.append(Ended(EndReason.FINISHED, event.event_id))
                 break
         return items
+
+
+def _purged(cursor: int, page: events.ReplayPage) -> Ended:
+    """The end of a stream whose next page lost events to retention: none of the page goes
+    out, since a client moving past the gap would never learn of it."""
+    return Ended(EndReason.EVENTS_PURGED, cursor, page.purged_through)
 
 
 def _ends(items: list[Item]) -> bool:

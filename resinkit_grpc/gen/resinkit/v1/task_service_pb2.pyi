@@ -174,7 +174,9 @@ class Task(_message.Message):
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the task expires: created_at + submitted_configs.task_timeout_seconds, when that key is
-        given at creation. Mutable.
+        given at creation. Mutable. With --expire-tasks, a live task still not terminal when it
+        passes is moved to TASK_STATUS_FAILED by the server (actor `system`, error_info.reason
+        and event_data.reason `EXPIRED`).
         """
 
     @_builtins.property
@@ -183,7 +185,9 @@ class Task(_message.Message):
 
     @_builtins.property
     def error_info(self) -> _struct_pb2.Struct:
-        """The error of a failed task, as given with UpdateTaskStatus. Output only."""
+        """The error of a failed task, as given with UpdateTaskStatus; for a task the server failed
+        on expiry, {"reason": "EXPIRED", "message": ..., "expires_at": ...}. Output only.
+        """
 
     @_builtins.property
     def result_summary(self) -> _struct_pb2.Struct:
@@ -264,13 +268,17 @@ class TaskEvent(_message.Message):
     new_status: Global___TaskStatus.ValueType
     """The status after the change (STATUS_CHANGE, and CREATED with the initial status)."""
     actor: _builtins.str
-    """Who made the change, when the caller said so."""
+    """Who made the change, when the caller said so; `system` for changes the server makes on
+    its own (expiry).
+    """
     task_type: _builtins.str
     """The task's type, so that watchers can filter on it without a lookup."""
     @_builtins.property
     def event_data(self) -> _struct_pb2.Struct:
         """Event details: for STATUS_CHANGE the error_info / result_summary / execution_details /
-        progress_details given with the change; for UPDATED `{"fields": [changed field names]}`.
+        progress_details given with the change, and `reason` when the server itself made the
+        change (`EXPIRED`: expiry failed the task); for UPDATED `{"fields": [changed field
+        names]}`.
         """
 
     @_builtins.property

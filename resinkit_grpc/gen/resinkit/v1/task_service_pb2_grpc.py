@@ -146,6 +146,9 @@ class TaskServiceServicer:
 
     def ListTaskEvents(self, request, context):
         """Lists stored events in `event_id` order: the history of one task, or of all tasks.
+        Retention (--retention) purges a task whole with all its events, so a stored task's
+        history is always complete; paging through every task's events while a purge runs
+        simply does not return the events of tasks purged meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +163,15 @@ class TaskServiceServicer:
         SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
         behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
         after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
+        OUT_OF_RANGE EVENTS_PURGED (like Kubernetes' 410 Gone) when retention has purged events
+        the stream would carry after its position, at the start or in the middle of its replay:
+        nothing past the gap is sent, and there is no resume_after_event_id (resuming there
+        would skip what was purged). ErrorInfo.metadata holds purged_through_event_id (every
+        event above it is still stored), oldest_retained_event_id (= purged_through_event_id +
+        1) and after_event_id (how far the stream got). Recover by listing again (ListTasks, or
+        ListTaskEvents of the tasks you follow), then watching after the listed position, or
+        with after_event_id = purged_through_event_id. A watch of task_ids that all existed at
+        its after_event_id is never refused: tasks are purged whole.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,7 +60,11 @@ class TaskServiceStub:
     FAILED_PRECONDITION if the task is not deleted.
     """
     ListTaskEvents: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]
-    """Lists stored events in `event_id` order: the history of one task, or of all tasks."""
+    """Lists stored events in `event_id` order: the history of one task, or of all tasks.
+    Retention (--retention) purges a task whole with all its events, so a stored task's
+    history is always complete; paging through every task's events while a purge runs
+    simply does not return the events of tasks purged meanwhile.
+    """
     WatchTaskEvents: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskEventsRequest, _task_service_pb2.WatchTaskEventsResponse]
     """Streams task events as they commit, optionally replaying stored events first.
     The stream is the `task_events` table read in `event_id` order: no gaps, no duplicates.
@@ -70,6 +74,15 @@ class TaskServiceStub:
     SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
     behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
     after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
+    OUT_OF_RANGE EVENTS_PURGED (like Kubernetes' 410 Gone) when retention has purged events
+    the stream would carry after its position, at the start or in the middle of its replay:
+    nothing past the gap is sent, and there is no resume_after_event_id (resuming there
+    would skip what was purged). ErrorInfo.metadata holds purged_through_event_id (every
+    event above it is still stored), oldest_retained_event_id (= purged_through_event_id +
+    1) and after_event_id (how far the stream got). Recover by listing again (ListTasks, or
+    ListTaskEvents of the tasks you follow), then watching after the listed position, or
+    with after_event_id = purged_through_event_id. A watch of task_ids that all existed at
+    its after_event_id is never refused: tasks are purged whole.
     """
 
 @_typing.type_check_only
@@ -104,7 +117,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
     FAILED_PRECONDITION if the task is not deleted.
     """
     ListTaskEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTaskEventsRequest, _task_service_pb2.ListTaskEventsResponse]  # type: ignore[assignment]
-    """Lists stored events in `event_id` order: the history of one task, or of all tasks."""
+    """Lists stored events in `event_id` order: the history of one task, or of all tasks.
+    Retention (--retention) purges a task whole with all its events, so a stored task's
+    history is always complete; paging through every task's events while a purge runs
+    simply does not return the events of tasks purged meanwhile.
+    """
     WatchTaskEvents: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskEventsRequest, _task_service_pb2.WatchTaskEventsResponse]  # type: ignore[assignment]
     """Streams task events as they commit, optionally replaying stored events first.
     The stream is the `task_events` table read in `event_id` order: no gaps, no duplicates.
@@ -114,6 +131,15 @@ class TaskServiceAsyncStub(TaskServiceStub):
     SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
     behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
     after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
+    OUT_OF_RANGE EVENTS_PURGED (like Kubernetes' 410 Gone) when retention has purged events
+    the stream would carry after its position, at the start or in the middle of its replay:
+    nothing past the gap is sent, and there is no resume_after_event_id (resuming there
+    would skip what was purged). ErrorInfo.metadata holds purged_through_event_id (every
+    event above it is still stored), oldest_retained_event_id (= purged_through_event_id +
+    1) and after_event_id (how far the stream got). Recover by listing again (ListTasks, or
+    ListTaskEvents of the tasks you follow), then watching after the listed position, or
+    with after_event_id = purged_through_event_id. A watch of task_ids that all existed at
+    its after_event_id is never refused: tasks are purged whole.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -193,7 +219,11 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ListTaskEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ListTaskEventsResponse, _abc.Awaitable[_task_service_pb2.ListTaskEventsResponse]]:
-        """Lists stored events in `event_id` order: the history of one task, or of all tasks."""
+        """Lists stored events in `event_id` order: the history of one task, or of all tasks.
+        Retention (--retention) purges a task whole with all its events, so a stored task's
+        history is always complete; paging through every task's events while a purge runs
+        simply does not return the events of tasks purged meanwhile.
+        """
 
     @_abc_1.abstractmethod
     def WatchTaskEvents(
@@ -209,6 +239,15 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         SLOW_CONSUMER (the stream fell more than --watch-buffer events or --watch-buffer-bytes
         behind), RESOURCE_EXHAUSTED TOO_MANY_WATCHERS (refused; no resume point when
         after_event_id was not given), UNAVAILABLE SHUTTING_DOWN.
+        OUT_OF_RANGE EVENTS_PURGED (like Kubernetes' 410 Gone) when retention has purged events
+        the stream would carry after its position, at the start or in the middle of its replay:
+        nothing past the gap is sent, and there is no resume_after_event_id (resuming there
+        would skip what was purged). ErrorInfo.metadata holds purged_through_event_id (every
+        event above it is still stored), oldest_retained_event_id (= purged_through_event_id +
+        1) and after_event_id (how far the stream got). Recover by listing again (ListTasks, or
+        ListTaskEvents of the tasks you follow), then watching after the listed position, or
+        with after_event_id = purged_through_event_id. A watch of task_ids that all existed at
+        its after_event_id is never refused: tasks are purged whole.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
