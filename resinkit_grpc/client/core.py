@@ -51,6 +51,7 @@ class ClientCore:
         self._rng = random.Random()
         self._current = 0
         self._lock = threading.Lock()
+        self.retries = 0  # calls tried again and watches reconnected, since the client was made
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -62,6 +63,7 @@ class ClientCore:
     def _fail_over(self, address: str) -> None:
         """The replica at `address` failed a call: the next call goes to the next one."""
         with self._lock:
+            self.retries += 1
             if self._address() == address:
                 self._current = (self._current + 1) % len(self.settings.addresses)
 
