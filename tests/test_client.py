@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -437,3 +439,24 @@ def test_update_task_needs_a_field_and_timestamps_must_be_aware(client: TaskClie
     aware = datetime.now(UTC) + timedelta(days=1)
     made = client.create_task(task_type="client-naive", expires_at=aware.astimezone())
     assert made.expires_at == aware
+
+
+def test_the_client_knows_the_server_only_through_its_stubs() -> None:
+    """Importing the client loads the generated stubs and the status enum, nothing of the
+    server (no store, no SQLAlchemy), so it installs and runs where the server never does."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, resinkit_grpc.client; print(' '.join(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    ours = {name for name in loaded if name.startswith("resinkit_grpc")}
+    allowed = ("resinkit_grpc.client", "resinkit_grpc.gen")
+    assert ours - {"resinkit_grpc", "resinkit_grpc.rules"} == {
+        name for name in ours if name.startswith(allowed)
+    }
+    assert "sqlalchemy" not in loaded

@@ -332,7 +332,8 @@ class TaskClient(ClientCore):
         timeout: float | None = None,
     ) -> Watch:
         """Events as they commit (after `after_event_id`, when given, the stored ones first),
-        reconnecting by itself; see Watch. No deadline unless `timeout` is given."""
+        reconnecting by itself; see Watch. No deadline unless `timeout` is given (then
+        WaitTimeout once it has passed)."""
         cursor = WatchCursor(
             task_ids=tuple(task_ids),
             task_types=tuple(task_types),
