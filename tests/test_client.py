@@ -5,6 +5,7 @@ from_env(), the asyncio twin, and the README's examples run as written."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import re
 import subprocess
@@ -460,3 +461,16 @@ def test_the_client_knows_the_server_only_through_its_stubs() -> None:
         name for name in ours if name.startswith(allowed)
     }
     assert "sqlalchemy" not in loaded
+
+
+def test_the_asyncio_client_takes_exactly_the_sync_clients_arguments() -> None:
+    """The two clients are written twice (def and async def): their signatures may not drift."""
+    public = [n for n in vars(TaskClient) if not n.startswith("_") and n not in {"close"}]
+    assert {"create_task", "wait", "watch", "iter_tasks", "from_env"} <= set(public)
+    for name in public:
+        sync_signature = inspect.signature(getattr(TaskClient, name))
+        async_signature = inspect.signature(getattr(AsyncTaskClient, name))
+        assert list(sync_signature.parameters) == list(async_signature.parameters), name
+        for parameter in sync_signature.parameters.values():
+            twin = async_signature.parameters[parameter.name]
+            assert (parameter.default, parameter.kind) == (twin.default, twin.kind), name
