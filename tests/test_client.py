@@ -28,6 +28,7 @@ from resinkit_grpc.client import (
     ClientError,
     DeadlineExceeded,
     EtagMismatch,
+    EventsPurged,
     InternalError,
     InvalidArgument,
     InvalidTransition,
@@ -292,6 +293,10 @@ def test_the_statuses_only_a_failing_server_sends_are_typed_too() -> None:
         ending = server_status.watch_ending(Ended(reason, 41))
         error = from_rpc_error(rpc_error_carrying(ending))
         assert isinstance(error, kind) and error.resume_after_event_id == 41
+    purged = server_status.watch_ending(Ended(EndReason.EVENTS_PURGED, 41, purged_through=90))
+    gone = from_rpc_error(rpc_error_carrying(purged))
+    assert isinstance(gone, EventsPurged) and gone.code == grpc.StatusCode.OUT_OF_RANGE
+    assert (gone.purged_through_event_id, gone.oldest_retained_event_id) == (90, 91)
     # Every reason the server can send has its class (the list is the server's own).
     sent = {
         "INVALID_ARGUMENT", "TASK_NOT_FOUND", "TASK_ALREADY_EXISTS", "ETAG_MISMATCH",

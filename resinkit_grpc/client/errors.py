@@ -150,6 +150,24 @@ class TooManyWatchers(ResourceExhausted):
         return _resume_point(self.metadata)
 
 
+class OutOfRange(ClientError):
+    pass
+
+
+class EventsPurged(OutOfRange):
+    """Retention purged events a watch would have carried after its position: resuming would
+    leave a gap, so the watch does not reconnect. List again (ListTasks, or ListTaskEvents of
+    the tasks), then watch from the listed position or after `purged_through_event_id`."""
+
+    @property
+    def purged_through_event_id(self) -> int | None:
+        return _metadata_int(self.metadata, "purged_through_event_id")
+
+    @property
+    def oldest_retained_event_id(self) -> int | None:
+        return _metadata_int(self.metadata, "oldest_retained_event_id")
+
+
 class Unauthenticated(ClientError):
     """No token, or one the server does not know (or no longer knows)."""
 
@@ -185,12 +203,14 @@ BY_REASON: dict[str, type[ClientError]] = {
     "DEADLINE_EXCEEDED": DeadlineExceeded,
     "SLOW_CONSUMER": SlowConsumer,
     "TOO_MANY_WATCHERS": TooManyWatchers,
+    "EVENTS_PURGED": EventsPurged,
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "INTERNAL": InternalError,
 }
 
 BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: TaskNotFound,
     grpc.StatusCode.ALREADY_EXISTS: TaskAlreadyExists,
@@ -256,5 +276,9 @@ def _status(name: str) -> TaskStatus | None:
 
 
 def _resume_point(metadata: Mapping[str, str]) -> int | None:
-    value = metadata.get("resume_after_event_id")
+    return _metadata_int(metadata, "resume_after_event_id")
+
+
+def _metadata_int(metadata: Mapping[str, str], key: str) -> int | None:
+    value = metadata.get(key)
     return int(value) if value is not None else None
