@@ -1,4 +1,5 @@
-"""Regenerates the Python stubs (messages, aio service stubs and their .pyi types) from protos/.
+"""Regenerates the Python stubs (messages, aio service stubs and their .pyi types) from protos/,
+and copies the .proto files beside them.
 
 Usage: python scripts/gen_protos.py [--out DIR]   (default: resinkit_grpc/gen)
 
@@ -59,6 +60,12 @@ def generate(out: Path) -> None:
                 flags=re.MULTILINE,
             )
             target.write_text(text)
+    # The contract ships beside its stubs, so that other services that install the package can
+    # compile it for their own language (importlib.resources finds it).
+    for proto in sorted(PROTO_ROOT.rglob("*.proto")):
+        target = out / proto.relative_to(PROTO_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(proto, target)
     for package in [out, *(p for p in out.rglob("*") if p.is_dir())]:
         (package / "__init__.py").touch()
 

@@ -111,3 +111,17 @@ def test_a_postgresql_url_without_the_extra_is_one_clear_line(oldest: Path) -> N
     assert result.stderr.strip().splitlines() == [
         "resinkit-grpc: error: PostgreSQL needs its driver: pip install 'resinkit-grpc[postgresql]'"
     ]
+
+
+def test_the_installed_package_ships_the_proto_beside_its_stubs(oldest: Path) -> None:
+    """Other services install the package and compile the contract for their own language."""
+    read = (
+        "from importlib import resources; "
+        "print(resources.files('resinkit_grpc.gen.resinkit.v1')"
+        ".joinpath('task_service.proto').read_text(), end='')"
+    )
+    result = subprocess.run(
+        [str(oldest), "-c", read], capture_output=True, text=True, timeout=60, check=False, cwd="/"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "protos" / "resinkit" / "v1" / "task_service.proto").read_text()
