@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -46,6 +47,12 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=20.0,
         help="events per second written during the watch phase (each reaches every watcher)",
+    )
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help="more flags for the unary and watch phases' server, e.g. "
+        "'--metrics-address 127.0.0.1:0' (to measure what metrics cost)",
     )
     parser.add_argument(
         "--phases",
@@ -103,6 +110,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "machine": machine.describe(),
         "settings": settings,
+        "server_args": args.server_args,
         "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
     }
     started = time.monotonic()
@@ -120,6 +128,7 @@ def main() -> None:
                 "1100",
                 "--log-level",
                 "WARNING",
+                *shlex.split(args.server_args),
             ).start()
             pid = server.process.pid  # type: ignore[union-attr]
             try:

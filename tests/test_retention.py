@@ -429,3 +429,70 @@ def test_a_purge_during_a_replay_never_leaves_a_silent_gap(
         assert int(info.metadata["after_event_id"]) >= got_to
     assert ended_out_of_range > 0, "no replay met the purge: the test attacked nothing"
     assert orphan_events(url) == 0
+
+
+def migrate_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("migrate", *args, "--database-url", database_url)
+
+
+def test_a_downgrade_that_would_forget_the_horizon_is_refused(
+    new_database_url: Callable[[], str],
+) -> None:
+    """Found by review: down to 0003 and up again restarted the horizon at 0, and a replay from
+    below it then came back complete, the purged events silently missing."""
+    url = new_database_url()
+    assert migrate_cli(url, "upgrade").returncode == 0
+    doomed, _ = seed(url, "dg", doomed=3, kept=2)
+    age(url, doomed)
+    assert purge(url, "--older-than", "1h").returncode == 0
+    before = horizon(url)
+    assert before > 0
+    refused = migrate_cli(url, "downgrade", "0003")
+    assert refused.returncode == 1
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"resinkit-grpc: error: cannot migrate to '0003': events up to event_id {before} "
+        )
+    )
+    assert horizon(url) == before  # nothing changed, the table still there
+
+
+def test_a_rebuilt_event_table_on_sqlite_never_hands_out_a_purged_id_again(
+    new_database_url: Callable[[], str], backend: str
+) -> None:
+    """Found by review: batch mode copies task_events, and SQLite's AUTOINCREMENT restarts
+    from the largest stored id, below the horizon when the newest events were purged. Every
+    migration run raises it back."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's sqlite_sequence; PostgreSQL sequences never go back")
+    from alembic.operations import Operations
+    from alembic.runtime.migration import MigrationContext
+
+    url = new_database_url()
+    assert migrate_cli(url, "upgrade").returncode == 0
+    seed(url, "kept", doomed=0, kept=2)
+    doomed, _ = seed(url, "newest", doomed=3, kept=0)  # the newest events of the log
+    age(url, doomed)
+    assert purge(url, "--older-than", "1h").returncode == 0
+    purged_through = horizon(url)
+    engine = create_engine(url, poolclass=NullPool)  # what a batch migration does
+    with engine.begin() as connection:
+        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        # As a migration must (reflection loses AUTOINCREMENT; see migrations.py).
+        with Operations(MigrationContext.configure(connection)).batch_alter_table(
+            "task_events", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+        ):
+            pass
+    engine.dispose()
+    sequence = query(url, "SELECT seq FROM sqlite_sequence WHERE name = 'task_events'")
+    assert sequence[0]["seq"] < purged_through  # the rebuild did reset it
+    assert migrate_cli(url, "upgrade").returncode == 0
+    with connect(url) as connection:
+        new = store_tasks.NewTask(task_id="after-rebuild", task_type="x", created_by="t")
+        store_tasks.create_task(connection, new)
+    first = query(
+        url, "SELECT max(event_id) AS id FROM task_events WHERE task_id = 'after-rebuild'"
+    )
+    assert first[0]["id"] > purged_through

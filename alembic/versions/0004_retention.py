@@ -13,6 +13,7 @@ Create Date: 2026-12-08
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from alembic.util import CommandError
 
 from alembic import op
 from resinkit_grpc.store.types import UTCDateTime
@@ -59,5 +60,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    purged = (
+        op.get_bind().execute(sa.text("SELECT purged_through_event_id FROM log_horizon")).scalar()
+    )
+    if purged:
+        # Upgrading again would start from a horizon of 0: watches resuming below it would
+        # skip the purged events without a word.
+        raise CommandError(
+            f"events up to event_id {purged} have been purged; below this revision watches "
+            "could no longer tell, so the downgrade is refused"
+        )
     op.drop_index("ix_tasks_open_expires_at", table_name="tasks")
     op.drop_table("log_horizon")

@@ -157,7 +157,10 @@ def _migrate_sqlite(connection: Connection, config: Config, move: _Move) -> None
     _raw(connection).execute("PRAGMA foreign_keys = OFF")
     try:
         with connection.begin():
-            if _apply(connection, config, move):
+            moved = _apply(connection, config, move)
+            # Every time (one statement): also repairs a rebuild done by hand.
+            _keep_purged_ids_used(connection)
+            if moved:
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
                     raise MigrationBroken(
@@ -166,6 +169,26 @@ def _migrate_sqlite(connection: Connection, config: Config, move: _Move) -> None
                     )
     finally:
         _raw(connection).execute("PRAGMA foreign_keys = ON")
+
+
+def _keep_purged_ids_used(connection: Connection) -> None:
+    """A migration that rebuilds task_events (batch mode copies the table) resets SQLite's
+    AUTOINCREMENT sequence to the largest stored id, which purges may have lowered: raised back
+    to the horizon, no purged event id is handed out again (a watcher at the horizon would
+    never see the event that reused it). A migration that rebuilds task_events must also pass
+    batch_alter_table(..., table_kwargs={"sqlite_autoincrement": True}): reflection does not
+    see AUTOINCREMENT, and without it SQLite reuses the largest id once it is deleted."""
+    tables = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+    }
+    if {"log_horizon", "sqlite_sequence"} <= tables:
+        connection.exec_driver_sql(
+            "UPDATE sqlite_sequence SET seq = (SELECT purged_through_event_id FROM log_horizon) "
+            "WHERE name = 'task_events' AND seq < (SELECT purged_through_event_id FROM log_horizon)"
+        )
 
 
 def _migrate_postgresql(connection: Connection, config: Config, move: _Move) -> None:
