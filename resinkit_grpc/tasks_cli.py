@@ -349,8 +349,7 @@ def show_task(args: argparse.Namespace, task: Task) -> None:
 def show_many(
     args: argparse.Namespace,
     items: Iterable[Any],
-    headers: Sequence[str],
-    free_text: Sequence[int],
+    layout: out.Layout,
     to_row: Callable[[Any, datetime], list[str]],
     what: str,
 ) -> None:
@@ -369,7 +368,7 @@ def show_many(
         return
     at = now()
     rows = [to_row(item, at) for item in taken]
-    print("\n".join(out.table(headers, rows, width(), free_text)))
+    print("\n".join(out.table(layout, rows, width())))
     if more:
         sys.stderr.write(f"(more {what} than --limit {limit}: raise it, or 0 for all)\n")
 
@@ -420,7 +419,7 @@ def run_list(args: argparse.Namespace) -> int:
         tasks = client.iter_tasks(
             wanted, order_by=args.order_by, page_size=page_size(args), show_deleted=args.deleted
         )
-        show_many(args, tasks, out.TASK_HEADERS, out.TASK_FREE_TEXT, out.task_row, "tasks")
+        show_many(args, tasks, out.TASKS, out.task_row, "tasks")
     return EXIT_OK
 
 
@@ -483,7 +482,7 @@ def run_events(args: argparse.Namespace) -> int:
         events = client.iter_events(
             args.task_id, event_types=event_types, page_size=page_size(args)
         )
-        show_many(args, events, out.EVENT_HEADERS, out.EVENT_FREE_TEXT, out.event_row, "events")
+        show_many(args, events, out.EVENTS, out.event_row, "events")
     return EXIT_OK
 
 
@@ -507,9 +506,8 @@ def print_events(args: argparse.Namespace, events: Iterator[TaskEvent]) -> None:
     """Each event as it arrives, flushed at once (a pipe would otherwise hold it back)."""
     widths: list[int] = []
     if not wants_json(args):
-        minimums = [len(header) for header in out.EVENT_HEADERS]
-        widths = out.fit(out.WATCH_WIDTHS, minimums, width(), out.EVENT_FREE_TEXT)
-        print(out.row(out.EVENT_HEADERS, widths), flush=True)
+        widths = out.EVENTS.widths(out.WATCH_WIDTHS, width())
+        print(out.row(out.EVENTS.headers, widths), flush=True)
     for event in events:
         if wants_json(args):
             line = out.as_json(event)

@@ -18,13 +18,45 @@ from resinkit_grpc.client import Task, TaskEvent
 ELLIPSIS = "…"
 GAP = "  "  # between columns
 
-TASK_HEADERS = ("ID", "TYPE", "STATUS", "PRI", "NAME", "TAGS", "CREATED", "UPDATED")
-TASK_FREE_TEXT = (4, 5)  # NAME and TAGS give way first
-EVENT_HEADERS = ("EVENT", "TASK", "TYPE", "STATUS", "ACTOR", "TIME", "DATA")
-EVENT_FREE_TEXT = (6,)
-# A watch prints rows as they come, so its widths are fixed up front (then fitted).
-WATCH_WIDTHS = (8, 36, 13, 23, 14, 22, 400)
 FREE_TEXT_MINIMUM = 10
+COMFORTABLE = 8  # narrower than this, a column is dropped (in `droppable` order) instead
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A table's columns and how they give way on a narrow terminal: free text first, keys
+    (the ids people copy) last; when even that does not fit, `droppable` columns go."""
+
+    headers: tuple[str, ...]
+    free_text: tuple[int, ...]
+    keys: tuple[int, ...]
+    droppable: tuple[int, ...]
+
+    def widths(self, natural: Sequence[int], available: int) -> list[int]:
+        """Each column's width; 0 for a dropped one."""
+        kept = list(range(len(self.headers)))
+        for column in self.droppable:
+            wanted = [natural[i] if i in self.keys else min(natural[i], COMFORTABLE) for i in kept]
+            if sum(wanted) + len(GAP) * (len(kept) - 1) <= available:
+                break
+            kept.remove(column)
+        fitted = fit(
+            [natural[i] for i in kept],
+            [len(self.headers[i]) for i in kept],
+            available,
+            [kept.index(i) for i in self.free_text if i in kept],
+            [kept.index(i) for i in self.keys if i in kept],
+        )
+        widths = [0] * len(self.headers)
+        for i, w in zip(kept, fitted, strict=True):
+            widths[i] = w
+        return widths
+
+
+TASKS = Layout(("ID", "TYPE", "STATUS", "PRI", "NAME", "TAGS", "UPDATED"), (4, 5), (0,), (5, 3, 4))
+EVENTS = Layout(("EVENT", "TASK", "TYPE", "STATUS", "ACTOR", "TIME", "DATA"), (6,), (0, 1), (6, 4))
+# A watch prints rows as they come, so its widths are set up front (then fitted).
+WATCH_WIDTHS = (8, 36, 13, 23, 14, 22, 400)
 
 
 def json_value(value: Any) -> Any:
@@ -67,16 +99,14 @@ def when(value: datetime | None, now: datetime) -> str:
 
 
 def short_when(value: datetime | None, now: datetime) -> str:
-    """For tables: `14:03:22 (3 min ago)` today, `2026-04-30 09:12 (1 d ago)` other days."""
+    """For tables, where a cell may be cut short: `3 min ago (14:03:22)` today,
+    `1 d ago (2026-04-30 09:12)` other days."""
     if value is None:
         return ""
     local = value.astimezone()
-    shown = (
-        f"{local:%H:%M:%S}"
-        if local.date() == now.astimezone().date()
-        else f"{local:%Y-%m-%d %H:%M}"
-    )
-    return f"{shown} ({relative(value, now)})"
+    today = local.date() == now.astimezone().date()
+    shown = f"{local:%H:%M:%S}" if today else f"{local:%Y-%m-%d %H:%M}"
+    return f"{relative(value, now)} ({shown})"
 
 
 def compact(value: Any) -> str:
@@ -97,17 +127,21 @@ def fit(
     minimums: Sequence[int],
     available: int,
     free_text: Sequence[int] = (),
+    keys: Sequence[int] = (),
 ) -> list[int]:
-    """Narrows columns until the row fits `available` characters: first the free-text ones
-    (down to FREE_TEXT_MINIMUM), then the widest of all, one character at a time, down to
-    their minimums (a row may still be wider when every column is at its minimum)."""
+    """Narrows columns, widest first, one character at a time, until the row fits `available`
+    characters: first the free-text ones (down to FREE_TEXT_MINIMUM), then every column but
+    the keys (the ids people copy), then the keys, each down to its minimum (a row may stay
+    wider when every column is at its minimum)."""
     fitted = list(widths)
     excess = sum(fitted) + len(GAP) * (len(fitted) - 1) - available
-    floors = [
+    everything = range(len(fitted))
+    phases = [
         (free_text, [max(m, FREE_TEXT_MINIMUM) for m in minimums]),
-        (range(len(fitted)), list(minimums)),
+        ([i for i in everything if i not in keys], list(minimums)),
+        (everything, list(minimums)),
     ]
-    for columns, floor in floors:
+    for columns, floor in phases:
         while excess > 0:
             shrinkable = [i for i in columns if fitted[i] > floor[i]]
             if not shrinkable:
@@ -119,20 +153,16 @@ def fit(
 
 
 def row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return GAP.join(cut(c, w).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    shown = [cut(c, w).ljust(w) for c, w in zip(cells, widths, strict=True) if w]
+    return GAP.join(shown).rstrip()
 
 
-def table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    width: int,
-    free_text: Sequence[int] = (),
-) -> list[str]:
+def table(layout: Layout, rows: Sequence[Sequence[str]], width: int) -> list[str]:
     """Lines of a table whose columns fit `width` characters (long cells end in …)."""
     cells = [[one_line(c) for c in r] for r in rows]
-    natural = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    widths = fit(natural, [len(h) for h in headers], width, free_text)
-    return [row(headers, widths), *(row(r, widths) for r in cells)]
+    natural = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(layout.headers)]
+    widths = layout.widths(natural, width)
+    return [row(layout.headers, widths), *(row(r, widths) for r in cells)]
 
 
 def task_row(task: Task, now: datetime) -> list[str]:
@@ -144,7 +174,6 @@ def task_row(task: Task, now: datetime) -> list[str]:
         str(task.priority),
         task.task_name,
         ",".join(task.tags),
-        short_when(task.created_at, now),
         short_when(task.updated_at, now),
     ]
 
