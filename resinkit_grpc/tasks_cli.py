@@ -353,16 +353,16 @@ def show_many(
     to_row: Callable[[Any, datetime], list[str]],
     what: str,
 ) -> None:
-    """Up to --limit items: as JSON lines (printed as they arrive), or one table. A table that
-    was cut short says so on stderr."""
+    """Up to --limit items: as JSON lines (printed as the pages arrive), or one table. A table
+    that was cut short says so on stderr."""
     limit = args.limit or None
+    if wants_json(args):
+        for item in itertools.islice(items, limit):
+            print(out.as_json(item))
+        return
     taken = list(itertools.islice(items, None if limit is None else limit + 1))
     more = limit is not None and len(taken) > limit
     taken = taken[:limit]
-    if wants_json(args):
-        for item in taken:
-            print(out.as_json(item))
-        return
     if not taken:
         print(f"(no {what})")
         return

@@ -250,7 +250,7 @@ def test_events_print_the_stored_history_and_watch_replays_it_to_the_end(
     assert [r["EVENT"] for r in rows(ok(watched))] == [str(e.event_id) for e in history]
 
 
-def test_wait_exits_0_when_completed_1_when_failed_or_cancelled_and_3_on_timeout(
+def test_wait_exits_0_when_completed_1_when_failed_cancelled_or_deleted_3_on_timeout(
     server: ServerProcess, client: TaskClient
 ) -> None:
     failed = client.create_task(task_type="cli-wait")
@@ -265,6 +265,11 @@ def test_wait_exits_0_when_completed_1_when_failed_or_cancelled_and_3_on_timeout
     result = tasks(server.address, "wait", cancelled.task_id, "--json")
     error_line(result, 1, "TASK_CANCELLED")
     assert json.loads(result.stdout)["status"] == "CANCELLED"
+
+    deleted = client.create_task(task_type="cli-wait")
+    client.delete_task(deleted.task_id)
+    result = tasks(server.address, "wait", deleted.task_id)
+    assert "was deleted while PENDING" in error_line(result, 1, "TASK_DELETED")
 
     pending = client.create_task(task_type="cli-wait")
     result = tasks(server.address, "wait", pending.task_id, "--timeout=0.5", "--json")
