@@ -1,3 +1,3 @@
-from resinkit_grpc.cli import main
+from resinkit_grpc.command import main
 
 main()

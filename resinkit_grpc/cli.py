@@ -1,6 +1,6 @@
 """The `resinkit-grpc` command: `serve` runs the server, `migrate` moves the database between
 schema revisions (an operator's step), `purge` removes what retention would, `tokens new` makes
-a bearer token.
+a bearer token, `tasks` calls a server (tasks_cli.py).
 
 Every option also reads a RESINKIT_* environment variable; a flag wins over the variable."""
 
@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
+from resinkit_grpc import tasks_cli
 from resinkit_grpc.config import Settings
 from resinkit_grpc.observe import logs
 from resinkit_grpc.observe.tracing import TracingUnavailable
@@ -429,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     new.add_argument("--principal", required=True, help="who holds the token")
     new.add_argument("--role", required=True, choices=("reader", "writer", "admin"))
+    tasks_cli.add_arguments(commands.add_parser("tasks", help=tasks_cli.HELP))
     return parser
 
 
@@ -467,6 +469,8 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str]) -> Settings
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "tasks":  # the command itself goes straight there (command.py)
+        sys.exit(tasks_cli.run(args))
     if args.command == "tokens":
         token, entry = new_token(args.principal, args.role)
         print(f"token: {token}")
