@@ -200,7 +200,23 @@ def _migrate_postgresql(connection: Connection, config: Config, move: _Move) -> 
     # are not (see migrate); index builds may take long.
     connection.exec_driver_sql("SET lock_timeout = 0")
     connection.exec_driver_sql("SET statement_timeout = 0")
-    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    connection.commit()
+    # Tried for, never waited for inside a statement: the migrating replica's CREATE INDEX
+    # CONCURRENTLY waits for every statement running when it starts, a blocked
+    # pg_advisory_lock included, which waits for the migrator: PostgreSQL reported "deadlock
+    # detected" when five replicas booted together. Short tries outside any transaction (what
+    # SQLAlchemy's AUTOCOMMIT does, on the driver) let the index build pass between them.
+    raw = _raw(connection)
+    raw.autocommit = True
+    try:
+        delay = 0.02
+        while not raw.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()[
+            0
+        ]:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    finally:
+        raw.autocommit = False
     connection.exec_driver_sql(f"SET lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
     connection.commit()
     try:
