@@ -223,28 +223,7 @@ class _Call:
         return run
 
     def server_stream(self, inner: Any) -> Callable[[Any, Any], AsyncIterator[Any]]:
-        async def run(request: Any, context: Any) -> AsyncIterator[Any]:
-            self._begin(context)
-            method = self._method
-            if method is not None:
-                method.received.inc()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                async for response in inner(request, context):
-                    if method is not None:
-                        method.sent.inc()
-                    yield response
-                code = _code(context) or grpc.StatusCode.OK
-            except grpc.aio.AbortError:
-                code = _code(context) or grpc.StatusCode.UNKNOWN
-                raise
-            except (asyncio.CancelledError, GeneratorExit):
-                code = _cancelled(context)
-                raise
-            finally:
-                self._end(code)
-
-        return run
+        return self._stream(inner, counts_request=True)
 
     def bidi_stream(self, inner: Any) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def counted(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -253,12 +232,25 @@ class _Call:
                     self._method.received.inc()
                 yield request
 
-        async def run(requests: Any, context: Any) -> AsyncIterator[Any]:
+        def counting(requests: Any, context: Any) -> AsyncIterator[Any]:
+            return inner(counted(requests), context)  # type: ignore[no-any-return]
+
+        return self._stream(counting, counts_request=False)
+
+    def _stream(
+        self, inner: Callable[[Any, Any], AsyncIterator[Any]], *, counts_request: bool
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        """A streaming handler counting what it sends, and the one request it takes when
+        `counts_request` (a request stream counts its own, see bidi_stream)."""
+
+        async def run(request: Any, context: Any) -> AsyncIterator[Any]:
             self._begin(context)
             method = self._method
+            if counts_request and method is not None:
+                method.received.inc()
             code = grpc.StatusCode.UNKNOWN
             try:
-                async for response in inner(counted(requests), context):
+                async for response in inner(request, context):
                     if method is not None:
                         method.sent.inc()
                     yield response
