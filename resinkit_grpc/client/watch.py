@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from resinkit_grpc.client.errors import (
+    Cancelled,
     ClientError,
     ShuttingDown,
     SlowConsumer,
@@ -62,8 +63,11 @@ class WatchCursor:
     def resumable(self, error: ClientError) -> bool:
         """Whether the ending is one to reconnect after (elsewhere, for a list of replicas):
         a server restart or shutdown, a broken connection, a slow-consumer cut-off, a server
-        that is full of watchers for now."""
-        if not isinstance(error, Unavailable | SlowConsumer | TooManyWatchers):
+        that is full of watchers for now. CANCELLED too: the watch checks its own close()
+        first, so a cancellation that reaches here came from the server's side (a server
+        stopping cancels the streams still open when its grace ends), and resuming from the
+        position is as exact as after any other ending."""
+        if not isinstance(error, Unavailable | SlowConsumer | TooManyWatchers | Cancelled):
             return False
         if self.position is None and isinstance(
             error, ShuttingDown | SlowConsumer | TooManyWatchers
