@@ -1,0 +1,413 @@
+"""Webhook notifications through real servers on real databases, to real HTTP receivers on
+127.0.0.1: what is delivered is signed as Standard Webhooks and verified with the standard's
+own verifier; each event a webhook hears reaches it at least once, in order per task, across
+failures, 410s, SIGKILL and replicas; nothing is sent to a private address by default."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from standardwebhooks.webhooks import Webhook as Verifier
+
+from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.notify.secrets import new_secret
+from tests.receivers import Answer, Received, Receiver, always
+from tests.rpc import rpc_error, violated_fields
+from tests.servers import ServerProcess
+
+FAST = (
+    "--webhook-allow-private",
+    "--webhook-poll-interval",
+    "0.2",
+    "--webhook-retry-schedule",
+    "100ms,100ms,100ms",
+)
+
+
+def config(*hooks: dict[str, Any]) -> struct_pb2.Struct:
+    value = struct_pb2.Struct()
+    value.update({"webhooks": list(hooks)})
+    return value
+
+
+def create(stub: Any, hooks: struct_pb2.Struct, **fields: Any) -> pb.Task:
+    task: pb.Task = stub.CreateTask(
+        pb.CreateTaskRequest(
+            task=pb.Task(task_type="flink_sql", notification_config=hooks, **fields)
+        )
+    )
+    return task
+
+
+def move(stub: Any, task_id: str, *statuses: int) -> None:
+    for status in statuses:
+        stub.UpdateTaskStatus(pb.UpdateTaskStatusRequest(task_id=task_id, status=status))
+
+
+def deliveries(stub: Any, task_id: str = "", *states: int) -> list[pb.Delivery]:
+    found: list[pb.Delivery] = []
+    token = ""
+    while True:
+        page = stub.ListDeliveries(
+            pb.ListDeliveriesRequest(task_id=task_id, states=states, page_token=token)
+        )
+        found.extend(page.deliveries)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def secrets_file(tmp_path: Path) -> tuple[Path, str]:
+    secret = new_secret()
+    path = tmp_path / "webhook-secrets.toml"
+    path.write_text(f'[[secrets]]\nid = "team-a"\nsecret = "{secret}"\n')
+    return path, secret
+
+
+def test_a_status_change_is_delivered_signed_with_the_task_as_the_event_left_it(
+    start_server: Callable[..., ServerProcess], secrets_file: tuple[Path, str]
+) -> None:
+    path, secret = secrets_file
+    server = start_server(*FAST, "--webhook-secrets-file", str(path))
+    stub = server.stub()
+    with Receiver() as receiver:
+        hooks = config(
+            {
+                "url": receiver.url,
+                "event_types": ["STATUS_CHANGE"],
+                "statuses": ["TASK_STATUS_FAILED", "TASK_STATUS_RUNNING"],
+                "secret_id": "team-a",
+            }
+        )
+        task = create(stub, hooks, task_name="load orders")
+        move(stub, task.task_id, pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_FAILED)
+        receiver.wait_for(lambda got: len(got) >= 2)
+        time.sleep(0.5)  # nothing more may come: CREATED is not a STATUS_CHANGE
+        got = list(receiver.requests)
+    assert len(got) == 2
+    verifier = Verifier(secret)
+    bodies = [verifier.verify(request.body, request.headers) for request in got]
+    assert [body["type"] for body in bodies] == ["task.status_change"] * 2
+    events = [body["data"]["event"] for body in bodies]
+    assert [event["newStatus"] for event in events] == ["TASK_STATUS_RUNNING", "TASK_STATUS_FAILED"]
+    # The task as each event left it, not as it is when the delivery goes out.
+    assert [body["data"]["task"]["status"] for body in bodies] == [
+        "TASK_STATUS_RUNNING",
+        "TASK_STATUS_FAILED",
+    ]
+    assert all(body["data"]["task"]["taskName"] == "load orders" for body in bodies)
+    assert "notificationConfig" not in bodies[0]["data"]["task"]  # the BASIC view
+    stored = {event.event_id: event for event in history_of(stub, task.task_id)}
+    for request, event in zip(got, events, strict=True):
+        assert int(event["eventId"]) in stored
+        assert request.headers["webhook-id"] == f"msg_{event['eventId']}_0"
+    # A receiver that holds another secret cannot be fooled.
+    with pytest.raises(Exception, match="signature"):
+        Verifier(new_secret()).verify(got[0].body, got[0].headers)
+    listed = deliveries(stub, task.task_id)
+    assert [d.state for d in listed] == [pb.DELIVERY_STATE_DELIVERED] * 2
+    assert all(d.attempts == 1 and d.last_status_code == 200 for d in listed)
+    # The history shows each event's deliveries beside it.
+    shown = {e.event_id: list(e.deliveries) for e in history_of(stub, task.task_id)}
+    assert sorted(d.delivery_id for ds in shown.values() for d in ds) == sorted(
+        d.delivery_id for d in listed
+    )
+
+
+def history_of(stub: Any, task_id: str) -> list[pb.TaskEvent]:
+    return list(stub.ListTaskEvents(pb.ListTaskEventsRequest(task_id=task_id)).events)
+
+
+def test_a_receiver_failing_three_times_gets_each_event_once_deduplicated_and_in_order(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """The receiver fails each message's first three attempts. De-duplicated by webhook-id, it
+    accepts every event exactly once, in event order: a later event never arrives before an
+    earlier one has succeeded."""
+    server = start_server(*FAST)
+    stub = server.stub()
+    attempts: dict[str, int] = {}
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        attempts[request.webhook_id] = attempts.get(request.webhook_id, 0) + 1
+        return Answer(200 if attempts[request.webhook_id] > 3 else 503)
+
+    with Receiver(policy) as receiver:
+        task = create(stub, config({"url": receiver.url}))
+        move(stub, task.task_id, pb.TASK_STATUS_SUBMITTED, pb.TASK_STATUS_RUNNING)
+        receiver.wait_for(lambda got: sum(1 for n in attempts.values() if n > 3) >= 3)
+        got = list(receiver.requests)
+    accepted: list[str] = []
+    seen: dict[str, int] = {}
+    for request in got:
+        seen[request.webhook_id] = seen.get(request.webhook_id, 0) + 1
+        if seen[request.webhook_id] == 4:
+            accepted.append(request.webhook_id)
+    event_ids = [e.event_id for e in history_of(stub, task.task_id)]
+    assert accepted == [f"msg_{event_id}_0" for event_id in event_ids]
+    # In order: every attempt of a message comes after the previous message's success.
+    order = [request.webhook_id for request in got]
+    for earlier, later in itertools.pairwise(accepted):
+        assert max(i for i, w in enumerate(order) if w == earlier) < min(
+            i for i, w in enumerate(order) if w == later
+        )
+    listed = deliveries(stub, task.task_id)
+    assert [(d.state, d.attempts) for d in listed] == [(pb.DELIVERY_STATE_DELIVERED, 4)] * 3
+
+
+def test_a_delivery_that_exhausts_its_attempts_is_dead_and_redelivered_by_the_rpc(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST)
+    stub = server.stub()
+    failing = threading.Event()
+    failing.set()
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        return Answer(500 if failing.is_set() else 204)
+
+    with Receiver(policy) as receiver:
+        task = create(stub, config({"url": receiver.url, "event_types": ["CREATED"]}))
+        wait_until(
+            lambda: [d.state for d in deliveries(stub, task.task_id)] == [pb.DELIVERY_STATE_DEAD]
+        )
+        (dead,) = deliveries(stub, task.task_id, pb.DELIVERY_STATE_DEAD)
+        assert dead.attempts == 4 and dead.last_status_code == 500
+        assert "last attempt" in dead.last_error
+        assert receiver.count() == 4
+        failing.clear()
+        again = stub.RedeliverTask(pb.RedeliverTaskRequest(task_id=task.task_id))
+        assert [d.delivery_id for d in again.deliveries] == [dead.delivery_id]
+        wait_until(
+            lambda: (
+                [d.state for d in deliveries(stub, task.task_id)] == [pb.DELIVERY_STATE_DELIVERED]
+            )
+        )
+        assert receiver.requests[-1].webhook_id == dead.webhook_id
+        assert receiver.count() == 5
+
+
+def test_410_gone_disables_the_webhook_for_the_task(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST)
+    stub = server.stub()
+    with Receiver(always(410)) as gone, Receiver() as other:
+        task = create(stub, config({"url": gone.url}, {"url": other.url}))
+        gone.wait_for(lambda got: len(got) == 1)
+        move(stub, task.task_id, pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_COMPLETED)
+        other.wait_for(lambda got: len(got) == 3)
+        wait_until(
+            lambda: all(
+                d.state != pb.DELIVERY_STATE_PENDING for d in deliveries(stub, task.task_id)
+            )
+        )
+        assert gone.count() == 1  # nothing after the 410
+        states = {(d.url, d.state) for d in deliveries(stub, task.task_id)}
+        assert states == {
+            (gone.url, pb.DELIVERY_STATE_DISABLED),
+            (other.url, pb.DELIVERY_STATE_DELIVERED),
+        }
+
+
+def test_private_addresses_are_refused_by_default(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--webhook-poll-interval", "0.2")
+    stub = server.stub()
+    for url in (
+        "http://127.0.0.1:9/hook",
+        "http://[::1]/x",
+        "http://10.1.2.3/",
+        "http://localhost/",
+    ):
+        error = rpc_error(
+            lambda url=url: create(stub, config({"url": url})), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert violated_fields(error) == {"task.notification_config.webhooks[0].url"}
+        assert "--webhook-allow-private" in error.details()
+    # A name that resolves to a private address is refused when the delivery resolves it.
+    host = socket.gethostname()
+    try:
+        resolved = socket.gethostbyname(host)
+    except OSError:
+        pytest.skip(f"{host} does not resolve here")
+    with Receiver() as receiver:
+        port = receiver.url.rsplit(":", 1)[1].split("/")[0]
+        task = create(stub, config({"url": f"http://{host}:{port}/hook"}))
+        wait_until(lambda: deliveries(stub, task.task_id)[0].attempts >= 1)
+        (delivery,) = deliveries(stub, task.task_id)
+        assert delivery.last_error.startswith("refused:"), (resolved, delivery.last_error)
+        assert receiver.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("hooks", "field"),
+    [
+        ({"url": "ftp://x.example/"}, "webhooks[0].url"),
+        ({"url": "https://x.example/", "colour": "red"}, "webhooks[0].colour"),
+        ({"url": "https://x.example/", "event_types": ["EXPLODED"]}, "webhooks[0].event_types"),
+        ({"url": "https://x.example/", "statuses": ["FAILED"]}, "webhooks[0].statuses"),
+        ({"url": "https://x.example/", "secret_id": "nobody"}, "webhooks[0].secret_id"),
+        ({"event_types": ["CREATED"]}, "webhooks[0].url"),
+    ],
+)
+def test_a_bad_notification_config_is_invalid_argument_naming_the_field(
+    server: ServerProcess, hooks: dict[str, Any], field: str
+) -> None:
+    stub = server.stub()
+    error = rpc_error(lambda: create(stub, config(hooks)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert violated_fields(error) == {f"task.notification_config.{field}"}
+    task = create(stub, config({"url": "https://hooks.example/ok"}))
+    mask_error = rpc_error(
+        lambda: stub.UpdateTask(
+            pb.UpdateTaskRequest(
+                task=pb.Task(task_id=task.task_id, notification_config=config(hooks)),
+                update_mask={"paths": ["notification_config"]},
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violated_fields(mask_error) == {f"task.notification_config.{field}"}
+
+
+def test_a_server_killed_mid_delivery_delivers_it_after_restart(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """SIGKILL while the receiver holds the request: the attempt's lease runs out and the
+    restarted server makes it again. At least once; none lost."""
+    held = threading.Event()
+    first = start_server(*FAST, "--webhook-timeout", "1")
+    stub = first.stub()
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        return Answer(200, hold=held if not before else None)
+
+    with Receiver(policy) as receiver:
+        task = create(stub, config({"url": receiver.url, "event_types": ["CREATED"]}))
+        receiver.wait_for(lambda got: len(got) == 1)
+        first.send(signal.SIGKILL)
+        first.process.wait(10)  # type: ignore[union-attr]
+        held.set()
+        second = start_server(*FAST, "--webhook-timeout", "1", database_url=first.database_url)
+        receiver.wait_for(lambda got: len(got) == 2, timeout=30)
+        stub = second.stub()
+        wait_until(
+            lambda: (
+                [d.state for d in deliveries(stub, task.task_id)] == [pb.DELIVERY_STATE_DELIVERED]
+            )
+        )
+        assert {r.webhook_id for r in receiver.requests} == {
+            deliveries(stub, task.task_id)[0].webhook_id
+        }
+
+
+def test_two_replicas_never_make_the_same_attempt(
+    backend: str, start_server: Callable[..., ServerProcess]
+) -> None:
+    """Two replicas on one PostgreSQL database, both looking every 50 ms, and a receiver that
+    always succeeds at once: every message arrives exactly once (a second send of it could
+    only come from a second claim of its one attempt)."""
+    if backend != "postgresql":
+        pytest.skip("replicas share a PostgreSQL database")
+    fast = (*FAST, "--webhook-poll-interval", "0.05", "--metrics-address", "127.0.0.1:0")
+    first = start_server(*fast)
+    second = start_server(*fast, database_url=first.database_url)
+    stubs = [first.stub(), second.stub()]
+    with Receiver() as receiver:
+        hooks = config({"url": receiver.url})
+        made = []
+        for number in range(30):
+            stub = stubs[number % 2]
+            task = create(stub, hooks)
+            move(stubs[(number + 1) % 2], task.task_id, pb.TASK_STATUS_RUNNING)
+            made.append(task.task_id)
+        receiver.wait_for(lambda got: len(got) >= 60, timeout=60)
+        wait_until(lambda: not deliveries(stubs[0], "", pb.DELIVERY_STATE_PENDING), timeout=30)
+        time.sleep(0.5)
+        ids = [request.webhook_id for request in receiver.requests]
+    assert len(ids) == 60
+    assert len(set(ids)) == 60, [i for i in ids if ids.count(i) > 1]
+    listed = deliveries(stubs[1])
+    assert {d.webhook_id for d in listed} == set(ids)
+    assert all(d.attempts == 1 and d.state == pb.DELIVERY_STATE_DELIVERED for d in listed)
+    counted = [delivered_metric(server) for server in (first, second)]
+    assert sum(counted) == 60, counted
+
+
+def delivered_metric(server: ServerProcess) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith('resinkit_webhook_attempts_total{outcome="delivered"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no resinkit_webhook_attempts_total in /metrics")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_readme_receiver_verifies_and_prints_what_it_gets(
+    backend: str, start_server: Callable[..., ServerProcess], secrets_file: tuple[Path, str]
+) -> None:
+    """The receiver example of the README's "Notifications" section, run as it is written (its
+    secret and port filled in): it verifies the signature and prints the task it got."""
+    if backend != "sqlite":
+        pytest.skip("the example does not depend on the backend")
+    path, secret = secrets_file
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Notifications", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = code.replace('"whsec_..."', repr(secret)).replace("port=8080", f"port={port}")
+    assert repr(secret) in code and f"port={port}" in code
+    example = subprocess.Popen(
+        [sys.executable, "-u", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        server = start_server(*FAST, "--webhook-secrets-file", str(path))
+        stub = server.stub()
+        wait_until(lambda: listening(port), timeout=30)
+        url = f"http://127.0.0.1:{port}/resinkit"
+        task = create(stub, config({"url": url, "secret_id": "team-a"}))
+        forged = create(stub, config({"url": url}))  # unsigned: refused with 400
+        wait_until(
+            lambda: (
+                {d.state for d in deliveries(stub, task.task_id)} == {pb.DELIVERY_STATE_DELIVERED}
+                and any(d.last_status_code == 400 for d in deliveries(stub, forged.task_id))
+            ),
+            timeout=30,
+        )
+    finally:
+        example.terminate()
+        output, _ = example.communicate(timeout=10)
+    assert f"{task.task_id} TASK_STATUS_PENDING" in output, output
+    assert forged.task_id not in output
