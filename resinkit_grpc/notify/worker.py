@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # Of a response, at most this much is read (then the connection is let go).
 MAX_RESPONSE_BYTES = 64 * 1024
+# After a wake-up, how long to let more commits gather before looking (one look and one claim
+# then serve them all, instead of one per commit).
+GATHER_SECONDS = 0.005
 
 
 class DeliveryWorker:
@@ -66,6 +69,9 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._seen = deliveries.Enqueued.last
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Attempts that ended and are not yet recorded, and the task recording them.
+        self._ended: list[tuple[Attempt, Outcome, datetime]] = []
+        self._settling: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing = False
@@ -112,6 +118,9 @@ class DeliveryWorker:
                 task.cancel()
             if cut:
                 await asyncio.wait(cut)
+        if self._settling is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._settling, timeout=max(grace, 1.0))
         if self._session is not None:
             await self._session.close()
 
@@ -129,6 +138,8 @@ class DeliveryWorker:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.webhook_poll_interval)
+            # Let the commits of a busy moment gather: one look then claims them together.
+            await asyncio.sleep(GATHER_SECONDS)
 
     async def _claim_some(self) -> bool:
         """Claims and starts what is due, as far as there is room; whether there may be more."""
@@ -143,44 +154,47 @@ class DeliveryWorker:
         for attempt in claimed:
             task = asyncio.create_task(self._deliver(attempt), name="webhook-attempt")
             self._in_flight.add(task)
-            task.add_done_callback(self._ended)
+            task.add_done_callback(self._in_flight.discard)
         return len(due) == room
-
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if not self._closing:
-            self._wake.set()  # room again, and maybe the task's next delivery is due
 
     async def _deliver(self, attempt: Attempt) -> None:
         began = time.monotonic()
         outcome = await self._send(attempt)
         if self._metrics is not None:
             self._metrics.attempted(outcome.state, time.monotonic() - began)
-        try:
-            settled = await self._db.write(
-                deliveries.settle, attempt, self._token, outcome, utcnow()
-            )
-        except ResinkitError as error:
-            # Unsettled, the lease runs out and the attempt is made again: at least once.
-            log.warning(
-                "could not record webhook delivery %s: %s", attempt.message_id, error.message
-            )
-            return
-        if not settled:
-            log.warning(
-                "webhook delivery %s: its claim ran out before the attempt ended; another "
-                "worker has it",
-                attempt.message_id,
-            )
-        elif outcome.state != DELIVERED:
-            log.info(
-                "webhook delivery %s to %s, attempt %d: %s (%s)",
-                attempt.message_id,
-                attempt.url,
-                attempt.attempt,
-                outcome.state,
-                outcome.error,
-            )
+        self._ended.append((attempt, outcome, utcnow()))
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.create_task(self._settle(), name="webhook-settle")
+
+    async def _settle(self) -> None:
+        """Records the attempts that ended: all that ended meanwhile in one write, one write at
+        a time; then looks for what they let through (room, and each task's next delivery)."""
+        while self._ended:
+            batch, self._ended = self._ended, []
+            try:
+                settled = await self._db.write(deliveries.settle_all, batch, self._token)
+            except ResinkitError as error:
+                # Unsettled, their leases run out and the attempts are made again.
+                log.warning("could not record %d webhook deliveries: %s", len(batch), error.message)
+                continue
+            for (attempt, outcome, _), ours in zip(batch, settled, strict=True):
+                if not ours:
+                    log.warning(
+                        "webhook delivery %s: its claim ran out before the attempt ended; "
+                        "another worker has it",
+                        attempt.message_id,
+                    )
+                elif outcome.state != DELIVERED:
+                    log.info(
+                        "webhook delivery %s to %s, attempt %d: %s (%s)",
+                        attempt.message_id,
+                        attempt.url,
+                        attempt.attempt,
+                        outcome.state,
+                        outcome.error,
+                    )
+            if not self._closing:
+                self._wake.set()
 
     async def _send(self, attempt: Attempt) -> Outcome:
         assert self._session is not None

@@ -259,6 +259,15 @@ class Outcome:
     next_attempt_at: datetime | None = None
 
 
+def settle_all(
+    connection: Connection,
+    settled: Sequence[tuple[Attempt, Outcome, datetime]],
+    token: str,
+) -> list[bool]:
+    """settle for each (attempt, outcome, when it ended), in one transaction."""
+    return [settle(connection, attempt, token, outcome, now) for attempt, outcome, now in settled]
+
+
 def settle(
     connection: Connection, attempt: Attempt, token: str, outcome: Outcome, now: datetime
 ) -> bool:
