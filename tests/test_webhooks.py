@@ -20,13 +20,17 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.notify.secrets import new_secret
 from tests.receivers import Answer, Received, Receiver, always
 from tests.rpc import rpc_error, violated_fields
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, run_cli
 
 FAST = (
     "--webhook-allow-private",
@@ -411,3 +415,127 @@ def test_the_readme_receiver_verifies_and_prints_what_it_gets(
         output, _ = example.communicate(timeout=10)
     assert f"{task.task_id} TASK_STATUS_PENDING" in output, output
     assert forged.task_id not in output
+
+
+# What a receiver answers each attempt: success, a failure to retry, or 410 Gone.
+ANSWERS = st.sampled_from([200, 204, 500, 503, 410])
+
+
+@given(
+    moves=st.integers(min_value=0, max_value=3),
+    answers=st.lists(st.lists(ANSWERS, min_size=3, max_size=3), min_size=4, max_size=4),
+)
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_each_event_ends_as_its_answers_say_and_in_order(
+    hook_server: ServerProcess, moves: int, answers: list[list[int]]
+) -> None:
+    """For any answers a receiver gives (per event, per attempt): each event's delivery ends
+    DELIVERED at its first 2xx, DISABLED at a 410 (and every later event of the task is then
+    DISABLED, never sent), DEAD after three failures; its attempts are the requests the receiver
+    got for it; and no attempt of an event comes before the last attempt of an earlier one."""
+    stub = hook_server.stub()
+    sent: dict[str, int] = {}
+    first_event: list[int] = []
+    known = threading.Event()
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        known.wait(10)  # the task's first event id, which the test learns after CreateTask
+        event_index = int(request.webhook_id.split("_")[1]) - first_event[0]
+        attempt = sent.get(request.webhook_id, 0)
+        sent[request.webhook_id] = attempt + 1
+        return Answer(answers[event_index][attempt])
+
+    with Receiver(policy) as receiver:
+        task = create(stub, config({"url": receiver.url}))
+        first_event.append(event_ids(stub, task.task_id)[0])
+        known.set()
+        walk = [pb.TASK_STATUS_SUBMITTED, pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_COMPLETED]
+        move(stub, task.task_id, *walk[:moves])
+        order = [f"msg_{event_id}_0" for event_id in event_ids(stub, task.task_id)]
+        # Nothing else writes to this server: the task's events have consecutive ids.
+        assert order == [f"msg_{first_event[0] + i}_0" for i in range(moves + 1)]
+        wait_until(
+            lambda: all(
+                d.state != pb.DELIVERY_STATE_PENDING for d in deliveries(stub, task.task_id)
+            ),
+            timeout=30,
+        )
+        got = [request.webhook_id for request in receiver.requests]
+    listed = {d.webhook_id: d for d in deliveries(stub, task.task_id)}
+    disabled = False
+    for index, message in enumerate(order):
+        if disabled:
+            # Queued before the 410: DISABLED; after it: never queued. Never sent either way.
+            assert message not in got
+            assert message not in listed or listed[message].state == pb.DELIVERY_STATE_DISABLED
+            continue
+        delivery = listed[message]
+        tried = answers[index][: got.count(message)]
+        assert delivery.attempts == len(tried) >= 1
+        if tried[-1] in (200, 204):
+            assert delivery.state == pb.DELIVERY_STATE_DELIVERED
+            assert all(a in (500, 503) for a in tried[:-1])
+        elif tried[-1] == 410:
+            assert delivery.state == pb.DELIVERY_STATE_DISABLED
+            disabled = True
+        else:
+            assert len(tried) == 3 and delivery.state == pb.DELIVERY_STATE_DEAD
+    positions = {message: [i for i, m in enumerate(got) if m == message] for message in order}
+    sent_messages = [m for m in order if positions[m]]
+    for earlier, later in itertools.pairwise(sent_messages):
+        assert max(positions[earlier]) < min(positions[later])
+
+
+def query_count(database_url: str, table: str) -> int:
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def event_ids(stub: Any, task_id: str) -> list[int]:
+    return [event.event_id for event in history_of(stub, task_id)]
+
+
+@pytest.fixture(scope="module")
+def hook_server(backend: str, databases: Any, module_dir: Path) -> Any:
+    process = ServerProcess(
+        databases.new_url(backend, module_dir),
+        module_dir,
+        "--webhook-allow-private",
+        "--webhook-poll-interval",
+        "0.1",
+        "--webhook-retry-schedule",
+        "50ms,50ms",
+    ).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def test_retention_purges_a_task_with_its_deliveries(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST)
+    stub = server.stub()
+    with Receiver() as receiver:
+        task = create(stub, config({"url": receiver.url}))
+        move(stub, task.task_id, pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_FAILED)
+        wait_until(
+            lambda: (
+                [d.state for d in deliveries(stub, task.task_id)]
+                == [pb.DELIVERY_STATE_DELIVERED] * 3
+            )
+        )
+    time.sleep(1.1)
+    purged = run_cli("purge", "--database-url", server.database_url, "--older-than", "1s")
+    assert purged.returncode == 0, purged.stderr
+    rpc_error(
+        lambda: stub.GetTask(pb.GetTaskRequest(task_id=task.task_id)), grpc.StatusCode.NOT_FOUND
+    )
+    assert deliveries(stub) == [] or all(d.task_id != task.task_id for d in deliveries(stub))
