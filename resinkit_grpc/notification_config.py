@@ -21,6 +21,8 @@ store picks the webhooks of each new event with `webhooks_for`.
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,9 @@ MAX_SECRET_ID_LENGTH = 200
 STATUS_PREFIX = "TASK_STATUS_"
 _KEYS = frozenset({"url", "event_types", "statuses", "secret_id"})
 _STATUS_NAMES = frozenset(STATUS_PREFIX + status.value for status in TaskStatus)
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# What inet_aton reads as an IPv4 address: decimal, octal and hex parts, fewer than four.
+_NUMERIC_HOST = re.compile(r"[0-9a-fA-FxX.]+")
 
 
 @dataclass(frozen=True)
@@ -84,15 +89,16 @@ def parse(
     if len(hooks) > MAX_WEBHOOKS:
         problems.append(Problem("webhooks", f"at most {MAX_WEBHOOKS} webhooks"))
     parsed: list[Webhook] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str, int | None, str]] = set()
     for index, hook in enumerate(hooks[:MAX_WEBHOOKS]):
         at = f"webhooks[{index}]"
         webhook = _webhook(hook, at, problems, allow_private, known_secret)
         if webhook is None:
             continue
-        if webhook.url in seen:
+        same = _comparable(webhook.url)
+        if same in seen:
             problems.append(Problem(f"{at}.url", "names a URL an earlier webhook names"))
-        seen.add(webhook.url)
+        seen.add(same)
         parsed.append(webhook)
     if problems:
         raise InvalidConfig(problems)
@@ -113,9 +119,25 @@ def webhooks_for(
     return [hook for hook in hooks if hook.hears(event_type, new_status)]
 
 
+def uncanonical_ipv4(host: str) -> bool:
+    """Whether the host is an IPv4 address spelled some other way than four decimal numbers
+    (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`): resolvers read those as addresses."""
+    if not _NUMERIC_HOST.fullmatch(host) or not any(c.isdigit() for c in host):
+        return False
+    try:
+        packed = socket.inet_aton(host)
+    except OSError:
+        return False
+    return socket.inet_ntoa(packed) != host
+
+
 def private_host(host: str) -> bool:
     """Whether an address written out (or localhost) is one deliveries refuse by default."""
-    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+    if host.lower().rstrip(".") in ("localhost", "localhost6") or host.lower().rstrip(".").endswith(
+        ".localhost"
+    ):
+        return True
+    if uncanonical_ipv4(host):
         return True
     try:
         address = ipaddress.ip_address(host.strip("[]"))
@@ -127,8 +149,15 @@ def private_host(host: str) -> bool:
 def refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Loopback, private, link-local, unspecified, multicast and reserved addresses, and the
     IPv6 forms of IPv4 ones."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv4 addresses inside IPv6 ones (mapped, 6to4, Teredo, NAT64) are judged as IPv4.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is None and address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            address = embedded
     return (
         address.is_loopback
         or address.is_private
@@ -173,6 +202,10 @@ def _webhook(
     statuses: frozenset[str] | None = None
     if "statuses" in hook:
         names = _names(hook["statuses"], f"{at}.statuses", problems)
+        if not names and isinstance(hook["statuses"], list):
+            problems.append(
+                Problem(f"{at}.statuses", "names no status, so nothing would match (omit it)")
+            )
         stored = {name.removeprefix(STATUS_PREFIX) for name in names}
         wrong = sorted(
             name
@@ -230,6 +263,8 @@ def _check_url(url: str, field: str, problems: list[Problem], allow_private: boo
         problems.append(Problem(field, "must be an http or https URL with a host"))
     elif any(ord(c) < 33 or ord(c) == 127 for c in url):
         problems.append(Problem(field, "must not contain spaces or control characters"))
+    elif uncanonical_ipv4(host):
+        problems.append(Problem(field, "writes an IPv4 address other than as a.b.c.d"))
     elif not allow_private and private_host(host):
         problems.append(
             Problem(
@@ -238,3 +273,13 @@ def _check_url(url: str, field: str, problems: list[Problem], allow_private: boo
                 "deliver to (--webhook-allow-private)",
             )
         )
+
+
+def _comparable(url: str) -> tuple[str, str, int | None, str]:
+    """A URL as receivers see it: scheme and host in lower case, the default port spelled out."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    rest = parts.path or "/"
+    if parts.query:
+        rest += "?" + parts.query
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port, rest

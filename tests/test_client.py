@@ -73,6 +73,9 @@ def client(server: ServerProcess) -> Iterator[TaskClient]:
         yield made
 
 
+FAILED = ["TASK_STATUS_FAILED"]
+
+
 def test_a_task_goes_round_trip_as_plain_python_values(
     client: TaskClient, unique: Callable[[str], str]
 ) -> None:
@@ -84,7 +87,7 @@ def test_a_task_goes_round_trip_as_plain_python_values(
         priority=3,
         tags=["team-a", "nightly"],
         submitted_configs={"sql": "INSERT ...", "parallelism": 4, "ratio": 0.5, "on": [True]},
-        notification_config={"webhooks": [{"url": "https://hooks.example/x", "statuses": []}]},
+        notification_config={"webhooks": [{"url": "https://hooks.example/x", "statuses": FAILED}]},
         expires_at=expires,
         actor="ann",
     )
@@ -97,7 +100,7 @@ def test_a_task_goes_round_trip_as_plain_python_values(
     }
     assert isinstance(made.submitted_configs["parallelism"], int)
     assert made.notification_config == {
-        "webhooks": [{"url": "https://hooks.example/x", "statuses": []}]
+        "webhooks": [{"url": "https://hooks.example/x", "statuses": FAILED}]
     }
     assert made.tags == ("team-a", "nightly")
     assert made.expires_at == expires

@@ -266,6 +266,13 @@ def test_private_addresses_are_refused_by_default(
         assert receiver.count() == 0
 
 
+def test_one_url_twice_is_refused_however_it_is_spelled(server: ServerProcess) -> None:
+    stub = server.stub()
+    hooks = config({"url": "https://Hooks.Example/a"}, {"url": "https://hooks.example:443/a"})
+    error = rpc_error(lambda: create(stub, hooks), grpc.StatusCode.INVALID_ARGUMENT)
+    assert violated_fields(error) == {"task.notification_config.webhooks[1].url"}
+
+
 @pytest.mark.parametrize(
     ("hooks", "field"),
     [
@@ -275,6 +282,11 @@ def test_private_addresses_are_refused_by_default(
         ({"url": "https://x.example/", "statuses": ["FAILED"]}, "webhooks[0].statuses"),
         ({"url": "https://x.example/", "secret_id": "nobody"}, "webhooks[0].secret_id"),
         ({"event_types": ["CREATED"]}, "webhooks[0].url"),
+        ({"url": "https://x.example/", "statuses": []}, "webhooks[0].statuses"),
+        ({"url": "http://2130706433/"}, "webhooks[0].url"),
+        ({"url": "http://0x7f.1/"}, "webhooks[0].url"),
+        ({"url": "http://[2002:7f00:1::]/"}, "webhooks[0].url"),
+        ({"url": "http://[::ffff:10.0.0.1]/"}, "webhooks[0].url"),
     ],
 )
 def test_a_bad_notification_config_is_invalid_argument_naming_the_field(
@@ -516,6 +528,23 @@ def hook_server(backend: str, databases: Any, module_dir: Path) -> Any:
     ).start()
     yield process
     assert process.stop() == 0, process.log()
+
+
+def test_retention_leaves_a_task_whose_deliveries_are_still_tried(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server("--webhook-allow-private", "--webhook-retry-schedule", "1h")
+    stub = server.stub()
+    with Receiver(always(503)) as receiver:
+        task = create(stub, config({"url": receiver.url, "event_types": ["STATUS_CHANGE"]}))
+        move(stub, task.task_id, pb.TASK_STATUS_FAILED)
+        receiver.wait_for(lambda got: len(got) == 1)
+    wait_until(lambda: deliveries(stub, task.task_id)[0].attempts == 1)
+    time.sleep(1.1)
+    purged = run_cli("purge", "--database-url", server.database_url, "--older-than", "1s")
+    assert purged.returncode == 0, purged.stderr
+    assert stub.GetTask(pb.GetTaskRequest(task_id=task.task_id)).task_id == task.task_id
+    assert [d.state for d in deliveries(stub, task.task_id)] == [pb.DELIVERY_STATE_PENDING]
 
 
 def test_retention_purges_a_task_with_its_deliveries(

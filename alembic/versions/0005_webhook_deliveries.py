@@ -68,6 +68,13 @@ def upgrade() -> None:
         sqlite_where=PENDING,
         postgresql_where=PENDING,
     )
+    op.create_index(
+        "ix_webhook_deliveries_pending",
+        "webhook_deliveries",
+        ["task_id", "url", "event_id"],
+        sqlite_where=PENDING,
+        postgresql_where=PENDING,
+    )
     op.create_index("ix_webhook_deliveries_event_id", "webhook_deliveries", ["event_id"])
     op.create_table(
         "disabled_webhooks",
@@ -95,6 +102,7 @@ def downgrade() -> None:
         )
     op.drop_table("disabled_webhooks")
     op.drop_index("ix_webhook_deliveries_event_id", table_name="webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_pending", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_due", table_name="webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_task_id", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")

@@ -49,7 +49,9 @@ def body(attempt: Attempt) -> str:
             "task": json_format.MessageToDict(task_to_proto(attempt.task)),
         },
     }
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    # Sorted: a Struct's keys come out in an order of the process's own, and another replica
+    # (or this one after a restart) must send the very same bytes.
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
 def headers(attempt: Attempt, text: str, secrets: WebhookSecrets, now: datetime) -> dict[str, str]:

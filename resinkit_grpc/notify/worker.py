@@ -14,8 +14,10 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -46,6 +48,8 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # After a wake-up, how long to let more commits gather before looking (one look and one claim
 # then serve them all, instead of one per commit).
 GATHER_SECONDS = 0.005
+# Due deliveries one look reads at most.
+MAX_LOOK = 1000
 
 
 class DeliveryWorker:
@@ -69,6 +73,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._seen = deliveries.Enqueued.last
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._hosts: dict[asyncio.Task[None], str] = {}  # the host of each attempt in flight
         # Attempts that ended and are not yet recorded, and the task recording them.
         self._ended: list[tuple[Attempt, Outcome, datetime]] = []
         self._settling: asyncio.Task[None] | None = None
@@ -147,19 +152,39 @@ class DeliveryWorker:
         if room <= 0:
             return False
         now = utcnow()
-        due = await self._db.read(deliveries.find_due, now, room)
-        if not due:
+        # More than there is room for: those of hosts at their --webhook-per-host are passed
+        # over, so one slow host never takes every slot (nor times out waiting for its own).
+        found = await self._db.read(deliveries.find_due, now, min(4 * room, MAX_LOOK))
+        chosen: list[int] = []
+        hosts = Counter(self._hosts.values())
+        for delivery_id, url in found:
+            host = _host(url)
+            if len(chosen) < room and hosts[host] < self._settings.webhook_per_host:
+                chosen.append(delivery_id)
+                hosts[host] += 1
+        if not chosen:
             return False
-        claimed = await self._db.write(deliveries.claim, due, now, now + self._lease, self._token)
+        claimed = await self._db.write(
+            deliveries.claim, chosen, now, now + self._lease, self._token
+        )
         for attempt in claimed:
             task = asyncio.create_task(self._deliver(attempt), name="webhook-attempt")
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-        return len(due) == room
+            self._hosts[task] = _host(attempt.url)
+            task.add_done_callback(self._attempt_ended)
+        return len(chosen) == room
+
+    def _attempt_ended(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._hosts.pop(task, None)
 
     async def _deliver(self, attempt: Attempt) -> None:
         began = time.monotonic()
-        outcome = await self._send(attempt)
+        try:
+            outcome = await self._send(attempt)
+        except Exception as error:  # a bug: the attempt fails (on the schedule), never hangs
+            log_unexpected("webhook attempt", error)
+            outcome = self._failed(attempt, None, "the attempt failed in the server", None)
         if self._metrics is not None:
             self._metrics.attempted(outcome.state, time.monotonic() - began)
         self._ended.append((attempt, outcome, utcnow()))
@@ -232,10 +257,21 @@ class DeliveryWorker:
             if status == 410:
                 return Outcome(DISABLED, status, "410 Gone: the webhook is disabled for this task")
             error = f"HTTP {status}"
+        return self._failed(attempt, status, error, retry_after)
+
+    def _failed(
+        self, attempt: Attempt, status: int | None, error: str, retry_after: float | None
+    ) -> Outcome:
+        """A failed attempt: the next on the schedule, or DEAD after the last."""
         delay = self._schedule.after_failure(attempt.attempt, retry_after)
         if delay is None:
             return Outcome(DEAD, status, f"{error}; that was the last attempt")
         return Outcome(PENDING, status, error, utcnow() + timedelta(seconds=delay))
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def _describe(error: Any) -> str:

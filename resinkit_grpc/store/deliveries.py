@@ -146,6 +146,10 @@ def restore(values: Mapping[str, Any]) -> dict[str, Any]:
 
 _d = deliveries.c
 _earlier = aliased(deliveries)
+# Due: pending, its time has come, nobody holds it, and nothing of the same task and URL is
+# ahead of it: no earlier delivery still pending, and no attempt in flight (a redelivered
+# earlier event waits for a later one's attempt to end). The partial index
+# ix_webhook_deliveries_pending serves the NOT EXISTS from pending rows alone.
 _DUE = and_(
     _d.state == PENDING,
     _d.next_attempt_at <= bindparam("now"),
@@ -154,19 +158,22 @@ _DUE = and_(
         _earlier.c.task_id == _d.task_id,
         _earlier.c.url == _d.url,
         _earlier.c.state == PENDING,
-        _earlier.c.event_id < _d.event_id,
+        _earlier.c.delivery_id != _d.delivery_id,
+        or_(_earlier.c.event_id < _d.event_id, _earlier.c.lease_until > bindparam("now")),
     ),
 )
 
 
-def find_due(connection: Connection, now: datetime, limit: int) -> list[int]:
-    """Ids of deliveries due now (a read: claim them with `claim`)."""
-    return list(
-        connection.execute(
-            select(_d.delivery_id).where(_DUE).order_by(_d.next_attempt_at).limit(limit),
+def find_due(connection: Connection, now: datetime, limit: int) -> list[tuple[int, str]]:
+    """(delivery_id, url) of deliveries due now, the longest due first (a read: claim them
+    with `claim`)."""
+    return [
+        (row.delivery_id, row.url)
+        for row in connection.execute(
+            select(_d.delivery_id, _d.url).where(_DUE).order_by(_d.next_attempt_at).limit(limit),
             {"now": now},
-        ).scalars()
-    )
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -408,6 +415,9 @@ def redeliver_range(
                 _d.state == DEAD,
                 _d.event_id >= first_event_id,
                 _d.event_id <= last_event_id,
+                # A webhook that answered 410 for the task stays quiet (RedeliverTask
+                # re-enables it).
+                ~exists().where(disabled.c.task_id == _d.task_id, disabled.c.url == _d.url),
             )
             .order_by(_d.event_id, _d.delivery_id)
             .limit(limit)
@@ -452,6 +462,12 @@ def queue_state(connection: Connection) -> QueueState:
         select(func.count(), func.min(_d.created_at)).where(_d.state == PENDING)
     ).one()
     return QueueState(int(count), oldest)
+
+
+def pending_for(task_id: Any) -> Any:
+    """Whether the task (a column or a value) has deliveries still pending: retention leaves
+    it until they end."""
+    return exists().where(_d.task_id == task_id, _d.state == PENDING)
 
 
 def purge_of_tasks(connection: Connection, task_ids: Sequence[str]) -> int:

@@ -229,6 +229,16 @@ class WebhookDelivery(Base):
             sqlite_where=text("state = 'PENDING'"),
             postgresql_where=text("state = 'PENDING'"),
         ),
+        # What holds a delivery back: the pending ones of its task and URL (see
+        # deliveries._DUE), found among pending rows alone however long the task's history.
+        Index(
+            "ix_webhook_deliveries_pending",
+            "task_id",
+            "url",
+            "event_id",
+            sqlite_where=text("state = 'PENDING'"),
+            postgresql_where=text("state = 'PENDING'"),
+        ),
         # Redelivery by event-id range (admin).
         Index("ix_webhook_deliveries_event_id", "event_id"),
         {"sqlite_autoincrement": True},

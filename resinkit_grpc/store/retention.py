@@ -49,7 +49,12 @@ EVENTS_PER_TASK_BUDGET = 10
 
 def _purgeable(before: datetime) -> list[ColumnElement[bool]]:
     ended = tasks.c.status.in_(sorted(s.value for s in TERMINAL_STATUSES))
-    return [tasks.c.updated_at < before, or_(ended, tasks.c.active == false())]
+    return [
+        tasks.c.updated_at < before,
+        or_(ended, tasks.c.active == false()),
+        # A task whose webhook deliveries are still being tried waits for them to end.
+        ~deliveries.pending_for(tasks.c.task_id),
+    ]
 
 
 @dataclass(frozen=True)
