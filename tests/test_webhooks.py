@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 from standardwebhooks.webhooks import Webhook as Verifier
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.notify.secrets import new_secret
@@ -127,7 +128,7 @@ def test_a_status_change_is_delivered_signed_with_the_task_as_the_event_left_it(
         assert int(event["eventId"]) in stored
         assert request.headers["webhook-id"] == f"msg_{event['eventId']}_0"
     # A receiver that holds another secret cannot be fooled.
-    with pytest.raises(Exception, match="signature"):
+    with pytest.raises(WebhookVerificationError, match="signature"):
         Verifier(new_secret()).verify(got[0].body, got[0].headers)
     listed = deliveries(stub, task.task_id)
     assert [d.state for d in listed] == [pb.DELIVERY_STATE_DELIVERED] * 2
@@ -568,3 +569,44 @@ def test_retention_purges_a_task_with_its_deliveries(
         lambda: stub.GetTask(pb.GetTaskRequest(task_id=task.task_id)), grpc.StatusCode.NOT_FOUND
     )
     assert deliveries(stub) == [] or all(d.task_id != task.task_id for d in deliveries(stub))
+
+
+def test_the_secrets_file_is_reread_when_it_changes(
+    start_server: Callable[..., ServerProcess], secrets_file: tuple[Path, str]
+) -> None:
+    """A rotation: the file gains a second secret for the id (both sign), then loses the old."""
+    path, old = secrets_file
+    server = start_server(*FAST, "--webhook-secrets-file", str(path))
+    stub = server.stub()
+    new = new_secret()
+    with Receiver() as receiver:
+        hooks = config({"url": receiver.url, "event_types": ["CREATED"], "secret_id": "team-a"})
+        create(stub, hooks)
+        receiver.wait_for(lambda got: len(got) == 1)
+        path.write_text(
+            f'[[secrets]]\nid = "team-a"\nsecret = "{old}"\n'
+            f'[[secrets]]\nid = "team-a"\nsecret = "{new}"\n'
+        )
+        time.sleep(0.6)  # the file is looked at twice a second at most
+        create(stub, hooks)
+        receiver.wait_for(lambda got: len(got) == 2)
+        path.write_text(f'[[secrets]]\nid = "team-a"\nsecret = "{new}"\n')
+        time.sleep(0.6)
+        create(stub, hooks)
+        receiver.wait_for(lambda got: len(got) == 3)
+        first, both, last = receiver.requests
+    assert len(both.headers["webhook-signature"].split()) == 2
+    for request, secret, signed in (
+        (first, old, True),
+        (first, new, False),
+        (both, old, True),
+        (both, new, True),
+        (last, new, True),
+        (last, old, False),
+    ):
+        try:
+            Verifier(secret).verify(request.body, request.headers)
+            verified = True
+        except WebhookVerificationError:
+            verified = False
+        assert verified is signed
