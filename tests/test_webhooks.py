@@ -27,6 +27,7 @@ from sqlalchemy.pool import NullPool
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from resinkit_grpc.client import DeliveryState, TaskClient, TaskStatus
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.notify.secrets import new_secret
 from tests.receivers import Answer, Received, Receiver, always
@@ -610,3 +611,40 @@ def test_the_secrets_file_is_reread_when_it_changes(
         except WebhookVerificationError:
             verified = False
         assert verified is signed
+
+
+def test_the_python_client_lists_and_redelivers(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST)
+    failing = threading.Event()
+    failing.set()
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        return Answer(500 if failing.is_set() else 200)
+
+    with Receiver(policy) as receiver, TaskClient(server.address) as client:
+        hooks = {"webhooks": [{"url": receiver.url}]}
+        task = client.create_task(task_type="flink_sql", notification_config=hooks)
+        client.update_task_status(task.task_id, TaskStatus.RUNNING)
+        wait_until(
+            lambda: len(client.list_deliveries(task.task_id, states=[DeliveryState.DEAD])) == 2
+        )
+        dead = client.list_deliveries(states=[DeliveryState.DEAD]).items
+        assert {d.task_id for d in dead} == {task.task_id} and all(d.attempts == 4 for d in dead)
+        assert dead[0].last_status_code == 500 and dead[0].next_attempt_at is None
+        failing.clear()
+        (first,) = client.redeliver_task(task.task_id)[:1]
+        assert first.state is DeliveryState.PENDING and first.attempts == 0
+        wait_until(
+            lambda: all(
+                d.state is DeliveryState.DELIVERED for d in client.list_deliveries(task.task_id)
+            )
+        )
+        history = client.list_task_events(task.task_id).items
+        assert [d.state for event in history for d in event.deliveries] == [
+            DeliveryState.DELIVERED
+        ] * 2
+        assert history[0].deliveries[0].delivered_at is not None
+        # Nothing is dead any more: the admin redelivery finds nothing to do.
+        assert client.redeliver_events(1, history[-1].event_id) == 0
