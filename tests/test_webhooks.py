@@ -648,3 +648,39 @@ def test_the_python_client_lists_and_redelivers(
         assert history[0].deliveries[0].delivered_at is not None
         # Nothing is dead any more: the admin redelivery finds nothing to do.
         assert client.redeliver_events(1, history[-1].event_id) == 0
+
+
+def test_metrics_count_attempts_by_outcome_and_show_the_queue(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(
+        "--webhook-allow-private",
+        "--webhook-retry-schedule",
+        "1h",
+        "--metrics-address",
+        "127.0.0.1:0",
+    )
+    stub = server.stub()
+    with Receiver(always(503)) as failing, Receiver() as fine:
+        create(stub, config({"url": failing.url}))
+        create(stub, config({"url": fine.url}))
+        failing.wait_for(lambda got: len(got) == 1)
+        fine.wait_for(lambda got: len(got) == 1)
+        time.sleep(0.3)
+
+        def scraped() -> dict[str, float]:
+            with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+                lines = response.read().decode().splitlines()
+            return {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in lines
+                if line.startswith("resinkit_webhook_") and not line.startswith("#")
+            }
+
+        wait_until(lambda: scraped().get('resinkit_webhook_attempts_total{outcome="retry"}') == 1)
+        figures = scraped()
+    assert figures['resinkit_webhook_attempts_total{outcome="delivered"}'] == 1
+    assert figures['resinkit_webhook_attempts_total{outcome="dead"}'] == 0
+    assert figures["resinkit_webhook_attempt_seconds_count"] == 2
+    assert figures["resinkit_webhook_pending_deliveries"] == 1
+    assert 0 < figures["resinkit_webhook_oldest_pending_age_seconds"] < 60
