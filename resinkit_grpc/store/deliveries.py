@@ -39,6 +39,7 @@ from sqlalchemy.orm import aliased
 from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.notification_config import Webhook, webhooks_for
 from resinkit_grpc.store.models import DisabledWebhook, Task, TaskEvent, WebhookDelivery
+from resinkit_grpc.store.prepared import Prepared
 
 deliveries = cast(Table, WebhookDelivery.__table__)
 disabled = cast(Table, DisabledWebhook.__table__)
@@ -68,6 +69,25 @@ _SNAPSHOT_TIMES = frozenset({"created_at", "updated_at", "started_at", "finished
 LAST_ERROR_LENGTH = 300
 
 
+# On the write path of every event a webhook hears: built once (see store/prepared.py).
+DISABLED_URLS = Prepared(select(disabled.c.url).where(disabled.c.task_id == bindparam("task_id")))
+_QUEUED_COLUMNS = (
+    "event_id",
+    "task_id",
+    "url",
+    "secret_id",
+    "message_id",
+    "task_snapshot",
+    "state",
+    "attempts",
+    "created_at",
+    "next_attempt_at",
+)
+INSERT_DELIVERY = Prepared(
+    insert(deliveries).values({name: bindparam(name) for name in _QUEUED_COLUMNS})
+)
+
+
 class Enqueued:
     """Counts enqueue calls in this process (on the writer thread), so that the delivery worker
     is woken after a commit only when that commit may have queued something."""
@@ -95,11 +115,7 @@ def enqueue(
 ) -> int:
     """Queues one delivery of event `event_id` per webhook in `hooks` (see hearing), except to
     webhooks disabled for the task. Returns how many."""
-    off = set(
-        connection.execute(
-            select(disabled.c.url).where(disabled.c.task_id == task["task_id"])
-        ).scalars()
-    )
+    off = {row["url"] for row in DISABLED_URLS.all(connection, {"task_id": task["task_id"]})}
     rows = [
         {
             "event_id": event_id,
@@ -116,8 +132,9 @@ def enqueue(
         for index, hook in enumerate(hooks)
         if hook.url not in off
     ]
+    for row in rows:
+        INSERT_DELIVERY.execute(connection, row)
     if rows:
-        connection.execute(insert(deliveries), rows)
         Enqueued.note()
     return len(rows)
 

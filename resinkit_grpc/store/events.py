@@ -48,6 +48,7 @@ EVENT_FIELDS = (
     "actor",
 )
 INSERT = Prepared(insert(events).values({name: bindparam(name) for name in EVENT_FIELDS}))
+LAST_ROWID = Prepared(select(func.last_insert_rowid().label("id")))
 INSERT_RETURNING = (
     insert(events)
     .values({name: bindparam(name) for name in EVENT_FIELDS})
@@ -97,8 +98,14 @@ def append_event(
     if task is None or not hooks:
         INSERT.execute(connection, row)
         return
-    # The event's id for its deliveries (a task without webhooks never pays for RETURNING).
-    event_id = connection.execute(INSERT_RETURNING, row).scalar_one()
+    # The event's id for its deliveries (a task without webhooks never pays for asking).
+    if connection.dialect.name == "sqlite":
+        INSERT.execute(connection, row)
+        found = LAST_ROWID.first(connection, {})
+        assert found is not None
+        event_id = found["id"]
+    else:
+        event_id = connection.execute(INSERT_RETURNING, row).scalar_one()
     deliveries.enqueue(connection, task, hooks, event_id, timestamp)
 
 
