@@ -15,7 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
-from resinkit_grpc.security.tokens import RECHECK_SECONDS, new_token
+from resinkit_grpc.security.tokens import new_token
+from resinkit_grpc.watched_file import RECHECK_SECONDS
 from tests.rpc import error_reason
 from tests.servers import ServerProcess, run_cli
 from tests.watching import Watcher

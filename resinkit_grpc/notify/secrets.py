@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import secrets
-import threading
-import time
 import tomllib
 from pathlib import Path
 
 from standardwebhooks.webhooks import Webhook as Signer
 
-log = logging.getLogger(__name__)
+from resinkit_grpc.watched_file import WatchedFile
 
-RECHECK_SECONDS = 0.5
 PREFIX = "whsec_"
 MIN_BYTES, MAX_BYTES = 24, 64
 
@@ -34,46 +30,22 @@ class SecretsError(ValueError):
 
 
 class WebhookSecrets:
-    """Secret id -> its signers. Without a file, no id is known (deliveries of a webhook that
-    names one wait, retried, until the secret appears)."""
+    """Secret id -> its signers. Without a file, no id is known (CreateTask refuses a webhook
+    that names one)."""
 
     def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._signers: dict[str, list[Signer]] = {} if path is None else _read(path)
-        self._mtime = 0 if path is None else _mtime(path)
-        self._checked = time.monotonic()
+        # SecretsError: the boot stops.
+        self._file = None if path is None else WatchedFile(path, _read, SecretsError, "secrets")
 
     @property
     def configured(self) -> bool:
-        return self._path is not None
+        return self._file is not None
 
     def knows(self, secret_id: str) -> bool:
-        self._reload_if_changed()
-        return secret_id in self._signers
+        return bool(self.signers(secret_id))
 
     def signers(self, secret_id: str) -> list[Signer]:
-        self._reload_if_changed()
-        return self._signers.get(secret_id, [])
-
-    def _reload_if_changed(self) -> None:
-        if self._path is None:
-            return
-        now = time.monotonic()
-        if now - self._checked < RECHECK_SECONDS:
-            return
-        with self._lock:
-            self._checked = now
-            mtime = _mtime(self._path)
-            if mtime == self._mtime:
-                return
-            try:
-                signers = _read(self._path)
-            except SecretsError as error:
-                log.warning("keeping the webhook secrets read before: %s", error)
-                return
-            self._signers, self._mtime = signers, mtime
-            log.info("webhook secrets reloaded from %s: %d ids", self._path, len(signers))
+        return [] if self._file is None else self._file.current().get(secret_id, [])
 
 
 def new_secret() -> str:
@@ -116,10 +88,3 @@ def _key(secret: object, where: str) -> bytes:
     if not MIN_BYTES <= len(key) <= MAX_BYTES:
         raise SecretsError(problem)
     return key
-
-
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0

@@ -15,16 +15,14 @@ import hmac
 import json
 import logging
 import secrets
-import threading
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from resinkit_grpc.watched_file import WatchedFile
+
 log = logging.getLogger(__name__)
 
-# How often the file's modification time is looked at (each call at most stats it this often).
-RECHECK_SECONDS = 0.5
 TOKEN_PREFIX = "rk_"
 
 
@@ -48,39 +46,17 @@ class Identity:
 
 class TokenFile:
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._entries = _read(path)  # TokensError: the boot stops
-        self._mtime = _mtime(path)
-        self._checked = time.monotonic()
+        self._file = WatchedFile(path, _read, TokensError, "tokens")  # TokensError: no boot
 
     def identify(self, token: str) -> Identity | None:
         """Who holds `token`, or None. Every entry is compared, in constant time, so the time
         taken says nothing about which one (if any) matched."""
-        self._reload_if_changed()
         digest = hashlib.sha256(token.encode()).hexdigest().encode()
         found = None
-        for expected, identity in self._entries:
+        for expected, identity in self._file.current():
             if hmac.compare_digest(digest, expected):
                 found = identity
         return found
-
-    def _reload_if_changed(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < RECHECK_SECONDS:
-            return
-        with self._lock:
-            self._checked = now
-            mtime = _mtime(self._path)
-            if mtime == self._mtime:
-                return
-            try:
-                entries = _read(self._path)
-            except TokensError as error:
-                log.warning("keeping the tokens read before: %s", error)
-                return
-            self._entries, self._mtime = entries, mtime
-            log.info("tokens reloaded from %s: %d entries", self._path, len(entries))
 
 
 def new_token(principal: str, role: str) -> tuple[str, str]:
@@ -127,10 +103,3 @@ def _is_hex(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0
