@@ -122,7 +122,9 @@ def test_expired_tasks_fail_exactly_once_when_two_replicas_scan_one_database(
     first = start_server(*EXPIRY)
     second = start_server(*EXPIRY, database_url=first.database_url)
     stub = first.stub()
-    timeout = {"task_timeout_seconds": 0.6}
+    # Long enough that the tasks left alone get their change before they fall due, even on a
+    # loaded machine (0.6 s was not, once).
+    timeout = {"task_timeout_seconds": 2.0}
     due = [create(stub, submitted_configs=timeout).task_id for _ in range(30)]
     for task_id in due[:10]:  # expiry fails them from any non-terminal status
         stub.UpdateTaskStatus(
