@@ -81,7 +81,7 @@ class Settings:
     # The pauses after each failed attempt (see notify/schedule.py); "none": no retries.
     webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
     # Attempts in flight at once in this replica, and to any one host.
-    webhook_concurrency: int = 32
-    webhook_per_host: int = 4
+    webhook_concurrency: int = 64
+    webhook_per_host: int = 16
     # Seconds between looks for due deliveries besides the wake-ups on commit.
     webhook_poll_interval: float = 1.0
