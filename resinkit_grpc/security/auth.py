@@ -24,11 +24,24 @@ SERVICE = "/resinkit.v1.TaskService/"
 METHOD_ROLES = {
     **{
         SERVICE + name: Role.READER
-        for name in ("GetTask", "ListTasks", "ListTaskEvents", "WatchTaskEvents")
+        for name in (
+            "GetTask",
+            "BatchGetTasks",
+            "ListTasks",
+            "ListTaskEvents",
+            "WatchTaskEvents",
+        )
     },
     **{
         SERVICE + name: Role.WRITER
-        for name in ("CreateTask", "UpdateTask", "UpdateTaskStatus", "DeleteTask", "UndeleteTask")
+        for name in (
+            "CreateTask",
+            "BatchCreateTasks",
+            "UpdateTask",
+            "UpdateTaskStatus",
+            "DeleteTask",
+            "UndeleteTask",
+        )
     },
 }
 HEALTH = "/grpc.health.v1.Health/"

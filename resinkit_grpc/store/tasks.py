@@ -166,7 +166,30 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
     expires_at = new.expires_at
     if new.timeout_seconds is not None:
         expires_at = now + timedelta(seconds=new.timeout_seconds)
-    record: TaskRecord = {
+    record = new_record(new, now, expires_at)
+    if connection.dialect.name == "sqlite":
+        inserted = INSERT_SQLITE.execute(connection, record) == 1
+    else:
+        inserted = connection.execute(INSERT_POSTGRESQL, record).first() is not None
+    if not inserted:
+        first = None if new.request_id is None else _by_request_id(connection, new.request_id)
+        if first is not None:
+            return first
+        raise TaskAlreadyExists(new.task_id)
+    append_event(
+        connection,
+        new.task_id,
+        EventType.CREATED,
+        now,
+        new_status=TaskStatus.PENDING,
+        actor=new.actor or new.created_by,
+    )
+    return record
+
+
+def new_record(new: NewTask, now: datetime, expires_at: datetime | None) -> TaskRecord:
+    """The row of a task about to be created."""
+    return {
         "task_id": new.task_id,
         "task_type": new.task_type,
         "task_name": new.task_name,
@@ -190,24 +213,6 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
         "error_info": None,
         "result_summary": None,
     }
-    if connection.dialect.name == "sqlite":
-        inserted = INSERT_SQLITE.execute(connection, record) == 1
-    else:
-        inserted = connection.execute(INSERT_POSTGRESQL, record).first() is not None
-    if not inserted:
-        first = None if new.request_id is None else _by_request_id(connection, new.request_id)
-        if first is not None:
-            return first
-        raise TaskAlreadyExists(new.task_id)
-    append_event(
-        connection,
-        new.task_id,
-        EventType.CREATED,
-        now,
-        new_status=TaskStatus.PENDING,
-        actor=new.actor or new.created_by,
-    )
-    return record
 
 
 def _by_request_id(connection: Connection, request_id: str) -> TaskRecord | None:
