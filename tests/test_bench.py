@@ -41,6 +41,7 @@ def test_the_benchmark_runs_every_phase_and_reports_every_figure(tmp_path: Path)
         "GetTask",
         "ListTasks",
         "UpdateTaskStatus",
+        "BatchCreateTasks",
     }
     assert all(row["errors"] == 0 and row["per_second"] > 0 for row in methods.values())
     assert [row["watchers"] for row in report["watch"]] == [1, 20]

@@ -23,6 +23,7 @@ from resinkit_grpc.errors import (
 from resinkit_grpc.rules import EventType, TaskStatus
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.events import append_events
+from resinkit_grpc.store.prepared import Prepared
 from resinkit_grpc.store.size_cut import stored_length
 from resinkit_grpc.store.tasks import (
     BASIC_COLUMNS,
@@ -52,7 +53,7 @@ _STORED = sum(
     literal(0),
 )
 SELECT_STORED_SIZE = select(func.coalesce(func.sum(_STORED), 0)).where(tasks.c.task_id.in_(_IDS))
-INSERT_SQLITE = sqlite.insert(tasks).on_conflict_do_nothing()
+INSERT_SQLITE = Prepared(sqlite.insert(tasks).on_conflict_do_nothing())
 INSERT_POSTGRESQL = postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id)
 # Past this many stored bytes a FULL batch cannot fit a response, whatever the encoding.
 MAX_STORED_BYTES = 8 * 1024 * 1024
@@ -120,8 +121,7 @@ def _insert(connection: Connection, fresh: list[tuple[int, TaskRecord]]) -> None
     rows = [record for _, record in fresh]
     if not taken:
         if connection.dialect.name == "sqlite":
-            inserted = connection.execute(INSERT_SQLITE, rows).rowcount
-            if inserted == len(rows):
+            if INSERT_SQLITE.execute_many(connection, rows) == len(rows):
                 return
         else:
             returned = connection.execute(INSERT_POSTGRESQL, rows).scalars().all()

@@ -93,7 +93,7 @@ def append_events(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> 
     """Appends many events (EVENT_FIELDS each, values as stored) with one statement, their ids
     in the order given; see append_event."""
     serialize_appends(connection)
-    connection.execute(INSERT.statement, list(rows))
+    INSERT.execute_many(connection, rows)
 
 
 def serialize_appends(connection: Connection) -> None:
