@@ -28,6 +28,7 @@ from resinkit_grpc.rules import TaskStatus
 from resinkit_grpc.store import tasks as store_tasks
 from tests.rpc import create, detail, error_reason, rpc_error
 from tests.servers import ServerProcess, run_cli
+from tests.test_migrations import HEAD
 from tests.watching import Watcher, matching
 
 FAST = ("--heartbeat-interval", "0.2")
@@ -228,7 +229,7 @@ def test_purge_refuses_bad_durations_and_unmigrated_databases(tmp_path: Any) -> 
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "resinkit-grpc: error: the database is at revision none (empty), behind this "
-        "version's 0004: run `resinkit-grpc migrate upgrade` first"
+        f"version's {HEAD}: run `resinkit-grpc migrate upgrade` first"
     ]
     for flag, value in (
         ("--retention", "12"),
