@@ -31,6 +31,7 @@ UNARY_TARGETS = {
 }
 DEEP_PAGE_MAX_RATIO = 1.5
 WATCH_P50_ONE_MS = 5.0
+WATCH_P50_ACROSS_MS = 10.0  # committed on one replica, delivered by another
 WATCH_P99_THOUSAND_MS = 100.0
 RSS_THOUSAND_MIB = 150.0
 
@@ -67,6 +68,14 @@ def parse_args() -> argparse.Namespace:
         help="a PostgreSQL URL (postgresql+psycopg://USER@HOST/DB, a database we may CREATE "
         "DATABASE from): every phase then runs against fresh databases made there, dropped at "
         "the end (the durability phase is SQLite's and is skipped); default: SQLite files",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="with --database-url: start this many servers on the one database; unary clients "
+        "take turns among them, and the watch phase also writes through one and watches on "
+        "another",
     )
     parser.add_argument(
         "--phases",
@@ -120,6 +129,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     settings = profile(args)
+    if args.replicas > 1 and not args.database_url:
+        sys.exit("--replicas needs --database-url: replicas share a PostgreSQL database")
     phases = set(args.phases.split(","))
     report: dict[str, Any] = {
         "machine": machine.describe(),
@@ -142,27 +153,35 @@ def main() -> None:
                 if databases
                 else f"sqlite:///{workdir / 'bench.db'}"
             )
-            server = ServerProcess(
-                url,
-                workdir,
-                "--max-watchers",
-                "1100",
-                "--log-level",
-                "WARNING",
-                *shlex.split(args.server_args),
-            ).start()
-            pid = server.process.pid  # type: ignore[union-attr]
+            servers = [
+                ServerProcess(
+                    url,
+                    workdir,
+                    "--max-watchers",
+                    "1100",
+                    "--log-level",
+                    "WARNING",
+                    # On PostgreSQL, how long each write transaction holds the append lock.
+                    *(["--metrics-address", "127.0.0.1:0"] if databases else []),
+                    *shlex.split(args.server_args),
+                ).start()
+                for _ in range(args.replicas)
+            ]
+            server = servers[0]
+            pids = [s.process.pid for s in servers]  # type: ignore[union-attr]
+            pid = pids[0]
             try:
                 if "unary" in phases:
-                    _phase("unary RPCs against Health/Check")
+                    _phase(f"unary RPCs against Health/Check ({args.replicas} replica(s))")
                     results = unary.run(
-                        server.address,
-                        pid,
+                        [s.address for s in servers],
+                        pids,
                         clients=settings["clients"],
                         concurrency=settings["concurrency"],
                         warmup=settings["warmup"],
                         duration=settings["duration"],
                         rounds=settings["rounds"],
+                        metrics_urls=[s.metrics_url for s in servers if s.metrics_url],
                     )
                     report["unary"] = [asdict(r) for r in results]
                 if "watch" in phases:
@@ -174,9 +193,20 @@ def main() -> None:
                         events=settings["watch_events"],
                         rate=args.watch_rate,
                     )
+                    if len(servers) > 1:
+                        _phase("WatchTaskEvents delivery across replicas")
+                        results_w += watch.run(
+                            servers[1].address,
+                            pids[1],
+                            settings["watchers"][:2],
+                            events=settings["watch_events"],
+                            rate=args.watch_rate,
+                            write_address=server.address,
+                        )
                     report["watch"] = [asdict(r) for r in results_w]
             finally:
-                server.stop()
+                for each in servers:
+                    each.stop()
         if "scale" in phases:
             _phase(f"ListTasks depth on {settings['tasks']:,} tasks")
             if args.database_url:
@@ -293,6 +323,19 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_us_per_call']:>13.0f}"
                 f"{r['errors']:>8}  {verdict}"
             )
+        held = [r for r in rows if r.get("mean_hold_ms") == r.get("mean_hold_ms")]  # not NaN
+        if held:
+            print(
+                "\nwrite transactions, BEGIN to COMMIT (PostgreSQL holds the event-append lock "
+                "throughout; with several replicas this includes waiting for it)"
+            )
+            for r in held:
+                ceiling = r["mean_batch"] * r.get("items_per_call", 1) / r["mean_hold_ms"] * 1000
+                print(
+                    f"  {r['method']:<20} {r['mean_batch']:6.1f} operations per batch, "
+                    f"{r['mean_hold_ms']:6.2f} ms each: the lock passes at most "
+                    f"{ceiling:,.0f} writes/s at these batch sizes"
+                )
     if "watch" in report:
         print(
             f"\n{'watchers':<10}{'events/s':>9}{'deliveries':>11}{'p50 ms':>9}{'p99 ms':>9}"
@@ -300,12 +343,23 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         for r in report["watch"]:
             verdicts = []
-            if r["watchers"] == 1:
+            if r.get("across_replicas"):
+                if r["watchers"] == 1:
+                    verdicts.append(
+                        "p50 across replicas "
+                        + check(
+                            "watch p50 across replicas, 1 watcher (ms)",
+                            r["p50_ms"],
+                            WATCH_P50_ACROSS_MS,
+                            False,
+                        )
+                    )
+            elif r["watchers"] == 1:
                 verdicts.append(
                     "p50 "
                     + check("watch p50, 1 watcher (ms)", r["p50_ms"], WATCH_P50_ONE_MS, False)
                 )
-            if r["watchers"] == 1000:
+            if r["watchers"] == 1000 and not r.get("across_replicas"):
                 verdicts.append(
                     "p99 "
                     + check(
@@ -322,7 +376,8 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                     )
                 )
             print(
-                f"{r['watchers']:<10}{r['rate']:>9.0f}{r['deliveries']:>11}{r['p50_ms']:>9.2f}"
+                f"{str(r['watchers']) + (' x' if r.get('across_replicas') else ''):<10}"
+                f"{r['rate']:>9.0f}{r['deliveries']:>11}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['server_cpu_us_per_delivery']:>14.1f}"
                 f"{r['server_rss_mib']:>16.0f}  {'; '.join(verdicts)}"
             )
