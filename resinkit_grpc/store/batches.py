@@ -115,23 +115,25 @@ def batch_create_tasks(
 
 def _insert(connection: Connection, fresh: list[tuple[int, TaskRecord]]) -> None:
     """Inserts the new rows, or raises ALREADY_EXISTS naming the first item whose task_id is
-    taken (checked first, and again by the insert for a concurrent writer on another replica)."""
-    ids = [record["task_id"] for _, record in fresh]
-    taken = set(connection.execute(SELECT_TAKEN, {"task_ids": ids}).scalars())
+    taken. Inside a savepoint: when a row does not go in, what did is undone first, so that
+    what is found taken afterwards was taken before."""
     rows = [record for _, record in fresh]
-    if not taken:
-        if connection.dialect.name == "sqlite":
-            if INSERT_SQLITE.execute_many(connection, rows) == len(rows):
-                return
-        else:
-            returned = connection.execute(INSERT_POSTGRESQL, rows).scalars().all()
-            if len(returned) == len(rows):
-                return
-        # A concurrent writer (another replica) took a task_id or a request_id meanwhile.
-        taken = set(connection.execute(SELECT_TAKEN, {"task_ids": ids}).scalars())
+    connection.exec_driver_sql("SAVEPOINT batch_insert")
+    if connection.dialect.name == "sqlite":
+        complete = INSERT_SQLITE.execute_many(connection, rows) == len(rows)
+    else:
+        complete = len(connection.execute(INSERT_POSTGRESQL, rows).scalars().all()) == len(rows)
+    if complete:
+        connection.exec_driver_sql("RELEASE SAVEPOINT batch_insert")
+        return
+    connection.exec_driver_sql("ROLLBACK TO SAVEPOINT batch_insert")
+    connection.exec_driver_sql("RELEASE SAVEPOINT batch_insert")
+    ids = [record["task_id"] for record in rows]
+    taken = set(connection.execute(SELECT_TAKEN, {"task_ids": ids}).scalars())
     for index, record in fresh:
         if record["task_id"] in taken:
             raise at_index(TaskAlreadyExists(record["task_id"]), index)
+    # Not a task_id, then a request_id: another replica's create took it meanwhile.
     raise ConcurrentCreate(
         "a concurrent call created a task with one of these request_ids meanwhile; nothing was "
         "created: retry (items whose request_id is taken then return their task)"
