@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, insert
 from benchmarks.progress import Progress
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from resinkit_grpc.store.filter_indexes import SQLITE_BACKFILL
 from resinkit_grpc.store.migrations import alembic_config, migrate
 from resinkit_grpc.store.tasks import tasks
 
@@ -124,6 +125,8 @@ def cached_database(cache_dir: Path, size: int) -> Path:
                 )
             connection.execute(insert(tasks), rows)
             progress.advance(len(rows))
+        # Inserted around the service: their task_tags rows too (see store/filter_indexes.py).
+        connection.exec_driver_sql(SQLITE_BACKFILL)
     progress.close()
     engine.dispose()
     for suffix in ("-wal", "-shm"):

@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import Connection, Engine, event, insert, text
 
 from resinkit_grpc.config import Settings
-from resinkit_grpc.store import filter_indexes
+from resinkit_grpc.store import batches, filter_indexes
 from resinkit_grpc.store import tasks as store
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.migrations import migrate
 from resinkit_grpc.store.prepared import DRIVER_PATH
-from resinkit_grpc.store.tasks import SortOrder, TaskQuery, tasks
+from resinkit_grpc.store.tasks import NewTask, SortOrder, TaskQuery, tasks
 from tests.databases import Databases
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -238,7 +238,8 @@ def test_common_values_are_tested_while_walking_the_order_on_sqlite(
 
 
 def test_task_tags_follow_every_write(filled: tuple[Engine, Any]) -> None:
-    """Create, update, clear and purge: task_tags always says what every task's tags say."""
+    """Create (one, a batch), update, clear and purge: task_tags always says what every task's
+    tags say."""
     engine, _ = filled
     if engine.dialect.name != "sqlite":
         pytest.skip("task_tags is SQLite's (PostgreSQL indexes tags itself)")
@@ -255,6 +256,13 @@ def test_task_tags_follow_every_write(filled: tuple[Engine, Any]) -> None:
 
     with engine.begin() as connection:
         check(connection)  # the backfill
+        store.create_task(connection, NewTask("made-1", "flink_sql", "me", tags=["a", "a", "b"]))
+        batches.batch_create_tasks(
+            connection,
+            [NewTask(f"made-{n}", "flink_sql", "me", tags=["b", f"n{n}"]) for n in (2, 3)],
+            lambda records: records,
+        )
+        check(connection)
         connection.execute(
             text("UPDATE tasks SET tags = :tags WHERE task_id IN ('t-0001', 't-0002')"),
             {"tags": '["fresh", "fresh", "team-1"]'},
@@ -265,3 +273,28 @@ def test_task_tags_follow_every_write(filled: tuple[Engine, Any]) -> None:
         connection.execute(text("DELETE FROM tasks WHERE task_id = 't-0005'"))
         check(connection)
         connection.rollback()
+
+
+def test_a_rebuild_of_tasks_that_drops_the_triggers_is_repaired_by_the_next_migration(
+    new_database_url: Any,
+) -> None:
+    """Batch mode rebuilds a table by copying it, and SQLite drops its triggers with it."""
+    url = new_database_url()
+    if not url.startswith("sqlite"):
+        pytest.skip("task_tags and its triggers are SQLite's")
+    engine, reader = create_engines(Settings(database_url=url))
+    try:
+        migrate(engine)
+        with engine.begin() as connection:
+            store.create_task(connection, NewTask("kept", "flink_sql", "me", tags=["x"]))
+            for name in filter_indexes.SQLITE_TRIGGERS:
+                connection.execute(text(f"DROP TRIGGER {name}"))
+            connection.execute(text("UPDATE tasks SET tags = '[\"y\"]'"))  # unseen
+        migrate(engine)
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT tag FROM task_tags")).scalars().all() == ["y"]
+            connection.execute(text("UPDATE tasks SET tags = '[\"z\"]'"))
+            assert connection.execute(text("SELECT tag FROM task_tags")).scalars().all() == ["z"]
+    finally:
+        engine.dispose()
+        reader.dispose()

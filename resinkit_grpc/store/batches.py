@@ -23,6 +23,7 @@ from resinkit_grpc.errors import (
 from resinkit_grpc.rules import EventType, TaskStatus
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.events import append_events
+from resinkit_grpc.store.filter_indexes import add_tags
 from resinkit_grpc.store.prepared import Prepared
 from resinkit_grpc.store.size_cut import stored_length
 from resinkit_grpc.store.tasks import (
@@ -95,6 +96,7 @@ def batch_create_tasks(
         fresh.append((index, record))
     if fresh:
         _insert(connection, fresh)
+        add_tags(connection, [record for _, record in fresh])
         append_events(
             connection,
             [

@@ -3,6 +3,7 @@ task and appends its event last, so the change and its event commit together or 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import secrets
 from collections.abc import Mapping, Sequence
@@ -38,7 +39,7 @@ from resinkit_grpc.rules import EventType, TaskStatus, allowed_next, can_transit
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.engine import UNICODE_LOWER
 from resinkit_grpc.store.events import append_event
-from resinkit_grpc.store.filter_indexes import dense_conditions, task_tags
+from resinkit_grpc.store.filter_indexes import add_tags, dense_conditions, task_tags
 from resinkit_grpc.store.models import ServiceSecret, Task
 from resinkit_grpc.store.prepared import Prepared
 from resinkit_grpc.store.requests import once
@@ -177,6 +178,8 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
         if first is not None:
             return first
         raise TaskAlreadyExists(new.task_id)
+    if record["tags"]:
+        add_tags(connection, [record])
     append_event(
         connection,
         new.task_id,
@@ -242,6 +245,14 @@ def list_tasks(
     at most `limit`. FULL pages hold no more rows than fit in `max_bytes` of stored text (the
     first row always comes), and each of their rows carries `page_rows`: how many rows the
     page had before that cut."""
+    if after is not None and order.field == "created_at":
+        # Past the first page, the position bounds created_at on its side already (its row
+        # was in the range): a second bound on that side would be the one the database walks
+        # the index from, reading every row between it and the position.
+        if order.descending:
+            query = dataclasses.replace(query, created_before=None)
+        else:
+            query = dataclasses.replace(query, created_after=None)
     dense = frozenset[str]()
     if connection.dialect.name == "sqlite":
         # PostgreSQL's planner has statistics (ANALYZE) and chooses for itself.
