@@ -80,7 +80,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--phases",
         default="unary,watch,scale,durability",
-        help="comma-separated subset of unary,watch,scale,durability",
+        help="comma-separated subset of unary,watch,scale,durability,large-unary (the unary "
+        "phase again, on a copy of the scale phase's 1,000,000-task database; not by default)",
     )
     return parser.parse_args()
 
@@ -224,6 +225,9 @@ def main() -> None:
                 report["scale"] = [asdict(r) | {"ratio": r.ratio} for r in depth]
             finally:
                 server.stop()
+        if "large-unary" in phases:
+            _phase(f"unary RPCs on a copy of the {settings['tasks']:,}-task database")
+            report["large_unary"] = large_unary(args, settings, workdir)
         if "durability" in phases and not args.smoke and databases is None:
             _phase("durability: CreateTask with synchronous=NORMAL vs FULL")
             report["durability"] = durability(workdir, settings)
@@ -235,6 +239,47 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=_json_default))
         print(f"wrote {args.json}")
+
+
+def large_unary(
+    args: argparse.Namespace, settings: dict[str, Any], workdir: Path
+) -> list[dict[str, Any]]:
+    """The unary phase on a copy of the large database (its writes must not grow the cache):
+    a file copy on SQLite, CREATE DATABASE ... TEMPLATE on PostgreSQL."""
+    import shutil
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    if args.database_url:
+        source, _ = scale.cached_postgres_database(args.database_url, settings["tasks"])
+        admin = make_url(args.database_url)
+        raw = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+        copy = f"resinkit_bench_large_copy_{os.getpid()}"
+        with psycopg.connect(raw, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{make_url(source).database}"')
+        url = admin.set(database=copy).render_as_string(hide_password=False)
+    else:
+        path = workdir / "large.db"
+        shutil.copyfile(scale.cached_database(args.cache_dir, settings["tasks"]), path)
+        url, copy = f"sqlite:///{path}", ""
+    server = ServerProcess(url, workdir, "--log-level", "WARNING").start()
+    try:
+        results = unary.run(
+            server.address,
+            server.process.pid,  # type: ignore[union-attr]
+            clients=settings["clients"],
+            concurrency=settings["concurrency"],
+            warmup=settings["warmup"],
+            duration=settings["duration"],
+            rounds=settings["rounds"],
+        )
+    finally:
+        server.stop()
+        if copy:
+            with psycopg.connect(raw, autocommit=True) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+    return [asdict(r) for r in results]
 
 
 def _postgres(url: str) -> Databases:
@@ -295,8 +340,12 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         return f"{'>=' if at_least else '<='} {limit:g} {'ok' if ok else 'MISSED'}"
 
-    if "unary" in report:
-        rows = report["unary"]
+    for key, title in (("unary", ""), ("large_unary", " (on the large database)")):
+        if key not in report:
+            continue
+        rows = report[key]
+        if title:
+            print(f"\nunary RPCs{title}")
         empty = next(r for r in rows if r["method"] == "Health/Check")
         print(
             f"\n{'method':<22}{'calls/s':>10}{'ratio':>8}{'rounds':>12}{'p50 ms':>9}{'p99 ms':>9}"
