@@ -12,16 +12,23 @@ from logging.config import fileConfig
 from sqlalchemy import Connection, create_engine, pool
 
 from alembic import context
+from resinkit_grpc.store.filter_indexes import SIDE_OBJECTS
 from resinkit_grpc.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
+def _compared(name: str | None, type_: str, parent_names: object) -> bool:
+    """Per-dialect filter structures (store/filter_indexes.py) are the migrations' alone."""
+    return name not in SIDE_OBJECTS
+
+
 def run_with(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_name=_compared,
         # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
         render_as_batch=True,
         compare_type=True,

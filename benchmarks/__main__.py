@@ -17,12 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine, scale, unary, watch, webhooks
+from tests.databases import POSTGRES_ENV, Databases
 from tests.servers import ServerProcess
 
 # (figure, at least/most, target) per the performance issue.
-UNARY_TARGETS = {"CreateTask": 0.5, "GetTask": 0.7, "UpdateTaskStatus": 0.5, "ListTasks": 0.2}
+UNARY_TARGETS = {
+    "CreateTask": 0.5,
+    "GetTask": 0.7,
+    "UpdateTaskStatus": 0.5,
+    "ListTasks": 0.2,
+    # Tasks created per second, in batches of 100, against the empty RPC's calls per second.
+    "BatchCreateTasks": 5.0,
+}
 DEEP_PAGE_MAX_RATIO = 1.5
 WATCH_P50_ONE_MS = 5.0
+WATCH_P50_ACROSS_MS = 10.0  # committed on one replica, delivered by another
 WATCH_P99_THOUSAND_MS = 100.0
 RSS_THOUSAND_MIB = 150.0
 
@@ -55,9 +64,25 @@ def parse_args() -> argparse.Namespace:
         "'--metrics-address 127.0.0.1:0' (to measure what metrics cost)",
     )
     parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL URL (postgresql+psycopg://USER@HOST/DB, a database we may CREATE "
+        "DATABASE from): every phase then runs against fresh databases made there, dropped at "
+        "the end (the durability phase is SQLite's and is skipped); default: SQLite files",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="with --database-url: start this many servers on the one database; unary clients "
+        "take turns among them, and the watch phase also writes through one and watches on "
+        "another",
+    )
+    parser.add_argument(
         "--phases",
         default="unary,watch,scale,durability,webhooks",
-        help="comma-separated subset of unary,watch,scale,durability,webhooks",
+        help="comma-separated subset of unary,watch,scale,durability,webhooks,large-unary (the "
+        "unary phase again, on a copy of the scale phase's 1,000,000-task database; not by "
+        "default)",
     )
     return parser.parse_args()
 
@@ -106,6 +131,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     settings = profile(args)
+    if args.replicas > 1 and not args.database_url:
+        sys.exit("--replicas needs --database-url: replicas share a PostgreSQL database")
     phases = set(args.phases.split(","))
     report: dict[str, Any] = {
         "machine": machine.describe(),
@@ -118,30 +145,45 @@ def main() -> None:
         f"machine: {report['machine']['cores']} cores, {report['machine']['memory_gib']} GiB, "
         f"{report['machine']['cpu']}, Python {report['machine']['python']}"
     )
+    report["backend"] = "postgresql" if args.database_url else "sqlite"
+    databases = _postgres(args.database_url) if args.database_url else None
     with tempfile.TemporaryDirectory(prefix="resinkit-bench-") as tmp:
         workdir = Path(tmp)
         if phases & {"unary", "watch"}:
-            server = ServerProcess(
-                f"sqlite:///{workdir / 'bench.db'}",
-                workdir,
-                "--max-watchers",
-                "1100",
-                "--log-level",
-                "WARNING",
-                *shlex.split(args.server_args),
-            ).start()
-            pid = server.process.pid  # type: ignore[union-attr]
+            url = (
+                databases.new_url("postgresql", workdir)
+                if databases
+                else f"sqlite:///{workdir / 'bench.db'}"
+            )
+            servers = [
+                ServerProcess(
+                    url,
+                    workdir,
+                    "--max-watchers",
+                    "1100",
+                    "--log-level",
+                    "WARNING",
+                    # On PostgreSQL, how long each write transaction holds the append lock.
+                    *(["--metrics-address", "127.0.0.1:0"] if databases else []),
+                    *shlex.split(args.server_args),
+                ).start()
+                for _ in range(args.replicas)
+            ]
+            server = servers[0]
+            pids = [s.process.pid for s in servers]  # type: ignore[union-attr]
+            pid = pids[0]
             try:
                 if "unary" in phases:
-                    _phase("unary RPCs against Health/Check")
+                    _phase(f"unary RPCs against Health/Check ({args.replicas} replica(s))")
                     results = unary.run(
-                        server.address,
-                        pid,
+                        [s.address for s in servers],
+                        pids,
                         clients=settings["clients"],
                         concurrency=settings["concurrency"],
                         warmup=settings["warmup"],
                         duration=settings["duration"],
                         rounds=settings["rounds"],
+                        metrics_urls=[s.metrics_url for s in servers if s.metrics_url],
                     )
                     report["unary"] = [asdict(r) for r in results]
                 if "watch" in phases:
@@ -153,32 +195,106 @@ def main() -> None:
                         events=settings["watch_events"],
                         rate=args.watch_rate,
                     )
+                    if len(servers) > 1:
+                        _phase("WatchTaskEvents delivery across replicas")
+                        results_w += watch.run(
+                            servers[1].address,
+                            pids[1],
+                            settings["watchers"][:2],
+                            events=settings["watch_events"],
+                            rate=args.watch_rate,
+                            write_address=server.address,
+                        )
                     report["watch"] = [asdict(r) for r in results_w]
             finally:
-                server.stop()
+                for each in servers:
+                    each.stop()
         if "scale" in phases:
             _phase(f"ListTasks depth on {settings['tasks']:,} tasks")
-            path = scale.cached_database(args.cache_dir, settings["tasks"])
-            server = ServerProcess(f"sqlite:///{path}", workdir, "--log-level", "WARNING").start()
+            if args.database_url:
+                scale_url, migration = scale.cached_postgres_database(
+                    args.database_url, settings["tasks"]
+                )
+                report["scale_migration_seconds"] = migration
+            else:
+                scale_url = f"sqlite:///{scale.cached_database(args.cache_dir, settings['tasks'])}"
+            server = ServerProcess(scale_url, workdir, "--log-level", "WARNING").start()
             try:
-                depth = scale.run(server.address, settings["depth"], settings["repeats"])
+                depth = scale.run(
+                    server.address, settings["depth"], settings["repeats"], settings["tasks"]
+                )
                 report["scale"] = [asdict(r) | {"ratio": r.ratio} for r in depth]
             finally:
                 server.stop()
-        if "webhooks" in phases:
+        if "large-unary" in phases:
+            _phase(f"unary RPCs on a copy of the {settings['tasks']:,}-task database")
+            report["large_unary"] = large_unary(args, settings, workdir)
+        if "webhooks" in phases and databases is None:
             _phase("webhooks: CreateTask with one webhook, and deliveries to a local receiver")
             report["webhooks"] = asdict(
                 webhooks.run(workdir, settings, tuple(shlex.split(args.server_args)))
             )
-        if "durability" in phases and not args.smoke:
+        if "durability" in phases and not args.smoke and databases is None:
             _phase("durability: CreateTask with synchronous=NORMAL vs FULL")
             report["durability"] = durability(workdir, settings)
+    if databases is not None:
+        databases.drop_all()
     report["seconds"] = round(time.monotonic() - started, 1)
     checks = print_table(report)
     report["targets"] = checks
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=_json_default))
         print(f"wrote {args.json}")
+
+
+def large_unary(
+    args: argparse.Namespace, settings: dict[str, Any], workdir: Path
+) -> list[dict[str, Any]]:
+    """The unary phase on a copy of the large database (its writes must not grow the cache):
+    a file copy on SQLite, CREATE DATABASE ... TEMPLATE on PostgreSQL."""
+    import shutil
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    if args.database_url:
+        source, _ = scale.cached_postgres_database(args.database_url, settings["tasks"])
+        admin = make_url(args.database_url)
+        raw = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+        copy = f"resinkit_bench_large_copy_{os.getpid()}"
+        with psycopg.connect(raw, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{make_url(source).database}"')
+        url = admin.set(database=copy).render_as_string(hide_password=False)
+    else:
+        path = workdir / "large.db"
+        shutil.copyfile(scale.cached_database(args.cache_dir, settings["tasks"]), path)
+        url, copy = f"sqlite:///{path}", ""
+    server = ServerProcess(url, workdir, "--log-level", "WARNING").start()
+    try:
+        results = unary.run(
+            server.address,
+            server.process.pid,  # type: ignore[union-attr]
+            clients=settings["clients"],
+            concurrency=settings["concurrency"],
+            warmup=settings["warmup"],
+            duration=settings["duration"],
+            rounds=settings["rounds"],
+        )
+    finally:
+        server.stop()
+        if copy:
+            with psycopg.connect(raw, autocommit=True) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+    return [asdict(r) for r in results]
+
+
+def _postgres(url: str) -> Databases:
+    """Fresh databases on the PostgreSQL server of `url`, made and dropped as the tests do."""
+    os.environ[POSTGRES_ENV] = url
+    found = Databases()
+    if found.unavailable_reason:
+        sys.exit(found.unavailable_reason)
+    return found
 
 
 def durability(workdir: Path, settings: dict[str, Any]) -> dict[str, float]:
@@ -230,31 +346,51 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         return f"{'>=' if at_least else '<='} {limit:g} {'ok' if ok else 'MISSED'}"
 
-    if "unary" in report:
-        rows = report["unary"]
+    for key, title in (("unary", ""), ("large_unary", " (on the large database)")):
+        if key not in report:
+            continue
+        rows = report[key]
+        if title:
+            print(f"\nunary RPCs{title}")
         empty = next(r for r in rows if r["method"] == "Health/Check")
         print(
-            f"\n{'method':<18}{'calls/s':>10}{'ratio':>8}{'rounds':>12}{'p50 ms':>9}{'p99 ms':>9}"
+            f"\n{'method':<22}{'calls/s':>10}{'ratio':>8}{'rounds':>12}{'p50 ms':>9}{'p99 ms':>9}"
             f"{'CPU µs/call':>13}{'errors':>8}  target"
         )
         for r in rows:
-            ratio = r["per_second"] / empty["per_second"]
+            items = r.get("items_per_call", 1)
+            ratio = r["per_second"] * items / empty["per_second"]
             # Each round's ratio against the empty RPC of the same round: how far the machine's
             # noise moved the figure within this run.
             by_round = [
-                rate / base
+                rate * items / base
                 for rate, base in zip(r["round_rates"], empty["round_rates"], strict=True)
                 if base
             ]
             r["round_ratios"] = by_round
             spread = f"{min(by_round):.2f}-{max(by_round):.2f}" if by_round else "-"
             target = UNARY_TARGETS.get(r["method"])
-            verdict = check(f"{r['method']} / empty RPC", ratio, target, True) if target else ""
+            name = r["method"] + (f" x{items}" if items > 1 else "")
+            per = " (tasks/s / empty calls/s)" if items > 1 else ""
+            verdict = check(f"{name} / empty RPC{per}", ratio, target, True) if target else ""
             print(
-                f"{r['method']:<18}{r['per_second']:>10.0f}{ratio:>8.2f}{spread:>12}"
+                f"{name:<22}{r['per_second']:>10.0f}{ratio:>8.2f}{spread:>12}"
                 f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['cpu_us_per_call']:>13.0f}"
                 f"{r['errors']:>8}  {verdict}"
             )
+        held = [r for r in rows if r.get("mean_hold_ms") == r.get("mean_hold_ms")]  # not NaN
+        if held:
+            print(
+                "\nwrite transactions, BEGIN to COMMIT (PostgreSQL holds the event-append lock "
+                "throughout; with several replicas this includes waiting for it)"
+            )
+            for r in held:
+                ceiling = r["mean_batch"] * r.get("items_per_call", 1) / r["mean_hold_ms"] * 1000
+                print(
+                    f"  {r['method']:<20} {r['mean_batch']:6.1f} operations per batch, "
+                    f"{r['mean_hold_ms']:6.2f} ms each: the lock passes at most "
+                    f"{ceiling:,.0f} writes/s at these batch sizes"
+                )
     if "watch" in report:
         print(
             f"\n{'watchers':<10}{'events/s':>9}{'deliveries':>11}{'p50 ms':>9}{'p99 ms':>9}"
@@ -262,12 +398,23 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
         for r in report["watch"]:
             verdicts = []
-            if r["watchers"] == 1:
+            if r.get("across_replicas"):
+                if r["watchers"] == 1:
+                    verdicts.append(
+                        "p50 across replicas "
+                        + check(
+                            "watch p50 across replicas, 1 watcher (ms)",
+                            r["p50_ms"],
+                            WATCH_P50_ACROSS_MS,
+                            False,
+                        )
+                    )
+            elif r["watchers"] == 1:
                 verdicts.append(
                     "p50 "
                     + check("watch p50, 1 watcher (ms)", r["p50_ms"], WATCH_P50_ONE_MS, False)
                 )
-            if r["watchers"] == 1000:
+            if r["watchers"] == 1000 and not r.get("across_replicas"):
                 verdicts.append(
                     "p99 "
                     + check(
@@ -284,22 +431,41 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                     )
                 )
             print(
-                f"{r['watchers']:<10}{r['rate']:>9.0f}{r['deliveries']:>11}{r['p50_ms']:>9.2f}"
+                f"{str(r['watchers']) + (' x' if r.get('across_replicas') else ''):<10}"
+                f"{r['rate']:>9.0f}{r['deliveries']:>11}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['server_cpu_us_per_delivery']:>14.1f}"
                 f"{r['server_rss_mib']:>16.0f}  {'; '.join(verdicts)}"
             )
     if "scale" in report:
         print(
-            f"\n{'ListTasks filter':<18}{'first ms':>10}{'deep ms':>10}{'depth':>7}"
-            f"{'deep/first':>12}  target"
+            f"\n{'ListTasks shape':<24}{'order_by':<16}{'first ms':>10}{'deep ms':>10}{'depth':>7}"
+            f"{'deep/first':>12}  target (first <= {scale.FIRST_PAGE_MAX_MS:g} ms, "
+            f"deep/first <= {DEEP_PAGE_MAX_RATIO:g})"
         )
         for r in report["scale"]:
-            verdict = check(
-                f"deep/first page, {r['filter']}", r["ratio"], DEEP_PAGE_MAX_RATIO, False
-            )
+            verdicts = [
+                "first "
+                + check(
+                    f"first page ms, {r['filter']}",
+                    r["first_page_ms"],
+                    scale.FIRST_PAGE_MAX_MS,
+                    False,
+                )
+            ]
+            if r["depth"] > 1:
+                verdicts.append(
+                    "deep "
+                    + check(
+                        f"deep/first page, {r['filter']}",
+                        r["ratio"],
+                        DEEP_PAGE_MAX_RATIO,
+                        False,
+                    )
+                )
             print(
-                f"{r['filter']:<18}{r['first_page_ms']:>10.2f}{r['deep_page_ms']:>10.2f}"
-                f"{r['depth']:>7}{r['ratio']:>12.2f}  {verdict}"
+                f"{r['filter']:<24}{r['order_by'] or 'created_at desc':<16}"
+                f"{r['first_page_ms']:>10.2f}{r['deep_page_ms']:>10.2f}"
+                f"{r['depth']:>7}{r['ratio']:>12.2f}  {'; '.join(verdicts)}"
             )
     if "webhooks" in report:
         w = report["webhooks"]

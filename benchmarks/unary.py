@@ -19,7 +19,17 @@ from benchmarks.machine import cpu_seconds
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 
-METHODS = ("Health/Check", "CreateTask", "GetTask", "ListTasks", "UpdateTaskStatus")
+METHODS = (
+    "Health/Check",
+    "CreateTask",
+    "GetTask",
+    "ListTasks",
+    "UpdateTaskStatus",
+    "BatchCreateTasks",
+)
+# Tasks per BatchCreateTasks call: its figure is tasks/s against the empty RPC's calls/s.
+BATCH_SIZE = 100
+ITEMS_PER_CALL = {"BatchCreateTasks": BATCH_SIZE}
 WALK = (
     pb.TASK_STATUS_SUBMITTED,
     pb.TASK_STATUS_VALIDATING,
@@ -63,6 +73,11 @@ class MethodResult:
     cpu_us_per_call: float
     errors: int
     round_rates: list[float]  # calls/s in each round, in order
+    items_per_call: int = 1  # tasks each call creates (BatchCreateTasks)
+    # Write methods, with --metrics: mean operations per write transaction and how long one
+    # held the writer (on PostgreSQL: the event-append lock), in ms.
+    mean_batch: float = float("nan")
+    mean_hold_ms: float = float("nan")
 
 
 def run_client(job: ClientJob) -> ClientResult:
@@ -98,6 +113,19 @@ async def _load(job: ClientJob) -> ClientResult:
                     {"webhooks": [{"url": job.webhook_url, "event_types": ["CREATED"]}]}
                 )
                 yield lambda task=task: _created(stub.CreateTask(pb.CreateTaskRequest(task=task)))
+        elif job.method == "BatchCreateTasks":
+            # One request, sent again and again (the server makes every task's id): building
+            # 100 Structs per call would spend the shared cores on the client instead.
+            batch = pb.BatchCreateTasksRequest()
+            for _ in range(BATCH_SIZE):
+                item = batch.requests.add()
+                item.task.task_type, item.task.task_name = "flink_sql", "bench"
+                item.task.tags.append("bench")
+                item.task.submitted_configs.update(
+                    {"sql": "INSERT INTO t SELECT 1", "parallelism": 2}
+                )
+            while True:
+                yield lambda: stub.BatchCreateTasks(batch)
         elif job.method == "GetTask":
             for task_id in ids:
                 yield lambda task_id=task_id: stub.GetTask(pb.GetTaskRequest(task_id=task_id))
@@ -146,10 +174,38 @@ def _walks(task_ids: list[str], stub: Any) -> Iterator[Callable[[], Awaitable[An
             yield lambda request=request: stub.UpdateTaskStatus(request)
 
 
+WRITER_METRICS = (
+    "resinkit_writer_batch_size_count",
+    "resinkit_writer_batch_size_sum",
+    "resinkit_writer_commit_seconds_sum",
+)
+
+
+def writer_totals(metrics_urls: list[str]) -> tuple[float, ...]:
+    """(batches, operations, transaction seconds) the servers' writers have committed, from
+    their metrics (resinkit_writer_batch_size, resinkit_writer_commit_seconds)."""
+    import urllib.request
+
+    found = dict.fromkeys(WRITER_METRICS, 0.0)
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in found:
+                found[name] += float(value)
+    return tuple(found[name] for name in WRITER_METRICS)
+
+
 @dataclass
 class Tally:
     """One method's calls over every round it ran."""
 
+    # With the server's metrics: what its writer committed meanwhile (PostgreSQL holds the
+    # event-append lock for each whole write transaction, see store/events.py).
+    batches: float = 0.0
+    batched_operations: float = 0.0
+    transaction_seconds: float = 0.0
     seconds: float = 0.0
     calls: int = 0
     total_calls: int = 0
@@ -170,13 +226,18 @@ class Tally:
             ),
             errors=self.errors,
             round_rates=self.round_rates,
+            items_per_call=ITEMS_PER_CALL.get(method, 1),
+            mean_batch=self.batched_operations / self.batches if self.batches else float("nan"),
+            mean_hold_ms=(
+                self.transaction_seconds / self.batches * 1000 if self.batches else float("nan")
+            ),
         )
 
 
 def measure(
     pool: Any,
-    address: str,
-    server_pid: int,
+    address: str | list[str],
+    server_pid: int | list[int],
     method: str,
     tally: Tally,
     *,
@@ -185,18 +246,30 @@ def measure(
     warmup: float,
     duration: float,
     task_ids: list[str],
+    metrics_urls: list[str] | None = None,
     webhook_url: str = "",
 ) -> list[str]:
     """Runs `clients` client processes against one method for one round, adds what they saw to
-    `tally`, and returns the ids created (CreateTask)."""
+    `tally`, and returns the ids created (CreateTask). With several servers (replicas of one
+    database), the clients take turns among them and the CPU of every server is counted."""
+    addresses = address if isinstance(address, list) else [address]
+    pids = server_pid if isinstance(server_pid, list) else [server_pid]
     shares = [task_ids[i::clients] for i in range(clients)] if task_ids else [[]] * clients
     jobs = [
-        ClientJob(address, method, warmup, duration, concurrency, share, webhook_url)
-        for share in shares
+        ClientJob(
+            addresses[i % len(addresses)], method, warmup, duration, concurrency, share, webhook_url
+        )
+        for i, share in enumerate(shares)
     ]
-    cpu_before = cpu_seconds(server_pid)
+    cpu_before = sum(cpu_seconds(pid) for pid in pids)
+    writes_before = writer_totals(metrics_urls) if metrics_urls else None
     results: list[ClientResult] = pool.map(run_client, jobs)
-    tally.cpu_seconds += cpu_seconds(server_pid) - cpu_before
+    tally.cpu_seconds += sum(cpu_seconds(pid) for pid in pids) - cpu_before
+    if writes_before is not None:
+        after = writer_totals(metrics_urls or [])
+        tally.batches += after[0] - writes_before[0]
+        tally.batched_operations += after[1] - writes_before[1]
+        tally.transaction_seconds += after[2] - writes_before[2]
     tally.seconds += duration
     tally.round_rates.append(sum(result.calls for result in results) / duration)
     for result in results:
@@ -208,14 +281,15 @@ def measure(
 
 
 def run(
-    address: str,
-    server_pid: int,
+    address: str | list[str],
+    server_pid: int | list[int],
     *,
     clients: int,
     concurrency: int,
     warmup: float,
     duration: float,
     rounds: int,
+    metrics_urls: list[str] | None = None,
 ) -> list[MethodResult]:
     """Every method, `rounds` times in turn for duration/rounds seconds each: the empty RPC
     and the methods meet the same moments of a noisy machine, so their ratios hold."""
@@ -238,6 +312,7 @@ def run(
                     warmup=warmup,
                     duration=duration / rounds,
                     task_ids=list(ids),
+                    metrics_urls=metrics_urls,
                 )
                 if method == "UpdateTaskStatus":
                     fresh = []  # walked (or partly walked): never offered again

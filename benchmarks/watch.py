@@ -30,6 +30,7 @@ class WatchResult:
     server_rss_mib: float
     # Server CPU while the events were written and delivered, per delivery.
     server_cpu_us_per_delivery: float
+    across_replicas: bool = False  # written through one replica, watched on another
 
 
 _ready: Any = None
@@ -74,11 +75,20 @@ async def _watch(address: str, streams: int, task_type: str, events: int) -> lis
 
 
 def run(
-    address: str, server_pid: int, counts: tuple[int, ...], *, events: int, rate: float
+    address: str,
+    server_pid: int,
+    counts: tuple[int, ...],
+    *,
+    events: int,
+    rate: float,
+    write_address: str | None = None,
 ) -> list[WatchResult]:
+    """Watchers on `address`; the events are written there too, or through `write_address`
+    (another replica of the same database: delivery then crosses replicas, through the
+    database's NOTIFY and the watching replica's tail)."""
     context = multiprocessing.get_context("spawn")
     results = []
-    channel = grpc.insecure_channel(address)
+    channel = grpc.insecure_channel(write_address or address)
     stub = pb_grpc.TaskServiceStub(channel)
     for count in counts:
         task_type = f"watchbench-{count}-{time.monotonic_ns()}"
@@ -114,6 +124,7 @@ def run(
                 p99_ms=latencies[int(len(latencies) * 0.99)],
                 server_rss_mib=rss,
                 server_cpu_us_per_delivery=cpu / len(latencies) * 1e6,
+                across_replicas=write_address is not None,
             )
         )
     channel.close()

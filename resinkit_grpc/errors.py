@@ -14,6 +14,7 @@ MAX_MESSAGE_LENGTH = 1024
 MAX_VIOLATIONS = 20
 MAX_FIELD_LENGTH = 128
 MAX_DESCRIPTION_LENGTH = 256
+MAX_MISSING_NAMED = 20
 
 
 def bounded(text: str, limit: int) -> str:
@@ -23,6 +24,9 @@ def bounded(text: str, limit: int) -> str:
 
 class ResinkitError(Exception):
     """Base of every error a caller may see; `message` is safe to show them, and bounded."""
+
+    # In a batch call, the item that failed (reported as ErrorInfo.metadata["index"]).
+    index: int | None = None
 
     def __init__(self, message: str) -> None:
         message = bounded(message, MAX_MESSAGE_LENGTH)
@@ -62,6 +66,26 @@ class TaskNotFound(ResinkitError):
     def __init__(self, task_id: str) -> None:
         super().__init__(f"task {task_id!r} not found")
         self.task_id = task_id
+
+
+class TasksNotFound(ResinkitError):
+    """Some tasks of a batch read do not exist; `task_ids` names them (at most
+    MAX_MISSING_NAMED, the rest are counted)."""
+
+    def __init__(self, task_ids: Sequence[str]) -> None:
+        named = [bounded(task_id, MAX_FIELD_LENGTH) for task_id in task_ids[:MAX_MISSING_NAMED]]
+        more = len(task_ids) - len(named)
+        super().__init__(
+            f"{len(task_ids)} of the tasks asked for not found: {', '.join(map(repr, named))}"
+            + (f" and {more} more" if more else "")
+        )
+        self.task_ids = tuple(named)
+        self.missing = len(task_ids)
+
+
+class ConcurrentCreate(ResinkitError):
+    """A batch create lost a race with another replica's create: nothing was written, and a
+    retry is safe (ABORTED)."""
 
 
 class TaskAlreadyExists(ResinkitError):

@@ -500,6 +500,11 @@ def _assemble(cls: Any, values: dict[str, Any]) -> Message:
                     target[key].CopyFrom(item)
                 else:
                     target[key] = item
+        elif f.is_repeated and f.message_type is not None:
+            # Not extend(): that copies through the decoder, which refuses messages nested as
+            # deep as the fuzzer makes them (the server must see those).
+            for item in value:
+                target.add().CopyFrom(item)
         elif f.is_repeated:
             target.extend(value)
         elif isinstance(value, Message):

@@ -52,6 +52,10 @@ def call(stub: Any, method: str, token: str | None) -> str:
         "ListTasks": pb.ListTasksRequest(page_size=1),
         "ListTaskEvents": pb.ListTaskEventsRequest(page_size=1),
         "CreateTask": pb.CreateTaskRequest(task=pb.Task(task_type="auth")),
+        "BatchCreateTasks": pb.BatchCreateTasksRequest(
+            requests=[pb.CreateTaskRequest(task=pb.Task(task_type="auth"))]
+        ),
+        "BatchGetTasks": pb.BatchGetTasksRequest(task_ids=["no-such-task"]),
         "UpdateTask": pb.UpdateTaskRequest(task=pb.Task(task_id="no-such-task", priority=1)),
         "UpdateTaskStatus": pb.UpdateTaskStatusRequest(
             task_id="no-such-task", status=pb.TASK_STATUS_RUNNING
@@ -77,8 +81,15 @@ def call(stub: Any, method: str, token: str | None) -> str:
     return ALLOWED
 
 
-READS = ("GetTask", "ListTasks", "ListTaskEvents", "WatchTaskEvents")
-WRITES = ("CreateTask", "UpdateTask", "UpdateTaskStatus", "DeleteTask", "UndeleteTask")
+READS = ("GetTask", "BatchGetTasks", "ListTasks", "ListTaskEvents", "WatchTaskEvents")
+WRITES = (
+    "CreateTask",
+    "BatchCreateTasks",
+    "UpdateTask",
+    "UpdateTaskStatus",
+    "DeleteTask",
+    "UndeleteTask",
+)
 
 
 def test_every_role_on_every_rpc(

@@ -38,6 +38,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from resinkit_grpc.api import parse
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import EventType, TaskStatus, can_transition
 from resinkit_grpc.store.models import MutationRequest, Task, TaskEvent
@@ -282,12 +283,18 @@ def counts(engine: sqlalchemy.Engine) -> Counts:
 
 def check_writes(method: MethodDescriptor, before: Counts, after: Counts, *, failed: bool) -> None:
     """A refused request writes nothing; any other writes at most one task and exactly one
-    event per change (a task's version counts its events)."""
+    event per change (a task's version counts its events); a batch create writes tasks, each
+    with its one CREATED event, and nothing else."""
     where = f"{method_id(method)}: {before} -> {after}"
     if failed:
         assert after == before, f"{where}: a refused request wrote"
         return
     events = after.events - before.events
+    if method.name == "BatchCreateTasks":
+        assert after.tasks - before.tasks == events == after.versions - before.versions, where
+        assert 0 <= events <= parse.MAX_BATCH_SIZE, where
+        assert after.kept_requests == before.kept_requests, where
+        return
     assert events in (0, 1), where
     assert after.versions - before.versions == events, where
     assert 0 <= after.tasks - before.tasks <= events, where

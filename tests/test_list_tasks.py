@@ -630,7 +630,7 @@ def test_deleted_tasks_are_hidden_unless_show_deleted_is_set(stub: Any, unique: 
 def test_listing_returns_the_basic_view_unless_full_is_asked(stub: Any, unique: Unique) -> None:
     task_type = unique("view")
     task = new_task(task_type, tags=["v"], submitted_configs={"sql": "SELECT 1"})
-    task.notification_config.update({"email": "ops@example.com"})
+    task.notification_config.update({"webhooks": [{"url": "https://ops.example/hook"}]})
     task.execution_details.update({"cluster": "c1"})
     task.progress_details.update({"percent": 10})
     created = stub.CreateTask(pb.CreateTaskRequest(task=task))

@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 import pytest
-from alembic.script import ScriptDirectory
 from google.rpc import error_details_pb2
 from sqlalchemy import Connection, create_engine, text, update
 from sqlalchemy.pool import NullPool
@@ -27,13 +26,12 @@ from sqlalchemy.pool import NullPool
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
 from resinkit_grpc.store import tasks as store_tasks
-from resinkit_grpc.store.migrations import alembic_config
 from tests.rpc import create, detail, error_reason, rpc_error
 from tests.servers import ServerProcess, run_cli
+from tests.test_migrations import HEAD
 from tests.watching import Watcher, matching
 
 FAST = ("--heartbeat-interval", "0.2")
-HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 EXPIRY = ("--expire-tasks", "--expiry-interval", "0.05")
 
 

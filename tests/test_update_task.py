@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from tests.rpc import (
@@ -70,18 +70,19 @@ def test_an_explicit_mask_changes_only_the_masked_fields_and_returns_the_new_val
 
 
 def test_struct_and_timestamp_fields_are_updated_through_the_mask(stub: Any) -> None:
-    before = create(stub, notification_config={"email": "old@example.com"})
+    before = create(stub, notification_config={"webhooks": [{"url": "https://old.example/hook"}]})
     expires = timestamp_pb2.Timestamp(seconds=4_102_444_800)  # 2100-01-01T00:00:00Z
     wanted = changes(
         before.task_id,
-        notification_config={"email": "new@example.com", "on": ["FAILED"]},
+        notification_config={
+            "webhooks": [{"url": "https://new.example/hook", "statuses": ["TASK_STATUS_FAILED"]}]
+        },
         execution_details={"flink_job_id": "a1b2"},
     )
     wanted.expires_at.CopyFrom(expires)
     after = update(stub, wanted, "notification_config", "expires_at", "execution_details")
-    assert dict(after.notification_config) == {
-        "email": "new@example.com",
-        "on": ["FAILED"],
+    assert json_format.MessageToDict(after.notification_config) == {
+        "webhooks": [{"url": "https://new.example/hook", "statuses": ["TASK_STATUS_FAILED"]}]
     }
     assert after.execution_details["flink_job_id"] == "a1b2"
     assert after.expires_at == expires

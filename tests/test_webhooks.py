@@ -684,3 +684,40 @@ def test_metrics_count_attempts_by_outcome_and_show_the_queue(
     assert figures["resinkit_webhook_attempt_seconds_count"] == 2
     assert figures["resinkit_webhook_pending_deliveries"] == 1
     assert 0 < figures["resinkit_webhook_oldest_pending_age_seconds"] < 60
+
+
+def test_batch_created_tasks_get_their_deliveries_and_their_configs_checked(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(*FAST)
+    stub = server.stub()
+    with Receiver() as receiver:
+        heard = pb.Task(task_type="flink_sql", notification_config=config({"url": receiver.url}))
+        quiet = pb.Task(task_type="flink_sql")
+        made = stub.BatchCreateTasks(
+            pb.BatchCreateTasksRequest(
+                requests=[
+                    pb.CreateTaskRequest(task=heard),
+                    pb.CreateTaskRequest(task=quiet),
+                    pb.CreateTaskRequest(task=heard),
+                ]
+            )
+        ).tasks
+        receiver.wait_for(lambda got: len(got) == 2)
+        got = [request.json()["data"]["task"]["taskId"] for request in receiver.requests]
+    assert sorted(got) == sorted([made[0].task_id, made[2].task_id])
+    assert deliveries(stub, made[1].task_id) == []
+    # Each item's config is checked as CreateTask checks it (a private address here).
+    strict = start_server("--webhook-poll-interval", "0.2").stub()
+    private = pb.Task(
+        task_type="flink_sql", notification_config=config({"url": "http://10.0.0.1/"})
+    )
+    error = rpc_error(
+        lambda: strict.BatchCreateTasks(
+            pb.BatchCreateTasksRequest(
+                requests=[pb.CreateTaskRequest(task=quiet), pb.CreateTaskRequest(task=private)]
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violated_fields(error) == {"requests[1].task.notification_config.webhooks[0].url"}

@@ -48,6 +48,8 @@ MAX_SHORT_TEXT = 128
 # Values per list in a filter (statuses, task types, tags); watches may name more tasks.
 MAX_FILTER_VALUES = 100
 MAX_WATCHED_TASKS = 1000
+# Items per BatchCreateTasks / BatchGetTasks call (AIP-231, AIP-233).
+MAX_BATCH_SIZE = 1000
 # Up to ten years; longer is almost certainly a unit mistake.
 MAX_TIMEOUT_SECONDS = 10 * 365 * 24 * 3600
 # Each JSON field of a task (Struct), as encoded on the wire. Six of them at most keep a whole
@@ -236,6 +238,65 @@ def create_task(request: pb.CreateTaskRequest, webhooks: WebhookRules = ANY_WEBH
     )
     problems.raise_if_any()
     return new
+
+
+def batch_create_tasks(
+    request: pb.BatchCreateTasksRequest, webhooks: WebhookRules = ANY_WEBHOOK
+) -> list[NewTask]:
+    """Every item checked as CreateTask checks it, its fields named `requests[i]...`; the first
+    bad item's index goes into the error. Two items may not share a task_id or request_id: the
+    outcome of such a batch would depend on the order of its items."""
+    items = request.requests
+    if not items:
+        raise InvalidArgument.one("requests", "is required: 1 to 1000 tasks")
+    if len(items) > MAX_BATCH_SIZE:
+        raise InvalidArgument.one("requests", f"at most {MAX_BATCH_SIZE} tasks per call")
+    problems = Violations()
+    first_bad: int | None = None
+    news: list[NewTask] = []
+    task_ids: dict[str, int] = {}
+    request_ids: dict[str, int] = {}
+    for index, item in enumerate(items):
+        try:
+            new = create_task(item, webhooks)
+        except InvalidArgument as invalid:
+            for v in invalid.violations:
+                problems.add(f"requests[{index}].{v.field}", v.description)
+            first_bad = index if first_bad is None else first_bad
+            continue
+        for key, seen, field in (
+            (new.task_id, task_ids, "task_id"),
+            (new.request_id, request_ids, "request_id"),
+        ):
+            if key is None:
+                continue
+            if key in seen:
+                problems.add(f"requests[{index}].{field}", f"repeats requests[{seen[key]}].{field}")
+                first_bad = index if first_bad is None else first_bad
+            seen[key] = index
+        news.append(new)
+    if problems.items:
+        failure = InvalidArgument(problems.items)
+        failure.index = first_bad
+        raise failure
+    return news
+
+
+def batch_get_tasks(request: pb.BatchGetTasksRequest) -> tuple[list[str], bool]:
+    """The ids asked for, checked, and whether the FULL view is wanted (the default)."""
+    ids = list(request.task_ids)
+    if not ids:
+        raise InvalidArgument.one("task_ids", "is required: 1 to 1000 ids")
+    if len(ids) > MAX_BATCH_SIZE:
+        raise InvalidArgument.one("task_ids", f"at most {MAX_BATCH_SIZE} ids per call")
+    problems = Violations()
+    for index, value in enumerate(ids):
+        _collect(problems, lambda: task_id(value, f"task_ids[{index}]"))  # noqa: B023
+    full = request.view == pb.TASK_VIEW_UNSPECIFIED or _collect(
+        problems, lambda: view(request.view)
+    )
+    problems.raise_if_any()
+    return ids, bool(full)
 
 
 @dataclass(frozen=True)

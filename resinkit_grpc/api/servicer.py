@@ -30,7 +30,7 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.security.auth import current_caller, token_withdrawn
 from resinkit_grpc.security.tls import principal_of
-from resinkit_grpc.store import deliveries, events, tasks
+from resinkit_grpc.store import batches, deliveries, events, tasks
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.watch.items import LogEvent, Passed
@@ -80,6 +80,35 @@ class TaskService(pb_grpc.TaskServiceServicer):
             new = dataclasses.replace(new, created_by=caller, actor=caller)
         row = await self._db.write(tasks.create_task, new)
         return task_to_proto(row)
+
+    @translate_errors
+    async def BatchCreateTasks(
+        self, request: pb.BatchCreateTasksRequest, context: Context
+    ) -> pb.BatchCreateTasksResponse:
+        news = parse.batch_create_tasks(request, self._webhooks)
+        if (caller := self._authenticated(context)) is not None:
+            news = [dataclasses.replace(new, created_by=caller, actor=caller) for new in news]
+        # The reply is built inside the transaction: one that would not fit in a response is
+        # refused before anything commits.
+        response: pb.BatchCreateTasksResponse = await self._db.write(
+            batches.batch_create_tasks,
+            news,
+            _batch_reply(pb.BatchCreateTasksResponse, "requests", "send fewer per call"),
+        )
+        return response
+
+    @translate_errors
+    async def BatchGetTasks(
+        self, request: pb.BatchGetTasksRequest, context: Context
+    ) -> pb.BatchGetTasksResponse:
+        task_ids, full = parse.batch_get_tasks(request)
+        rows = await self._db.read(
+            batches.batch_get_tasks, task_ids, full=full, allow_missing=request.allow_missing
+        )
+        response: pb.BatchGetTasksResponse = _batch_reply(
+            pb.BatchGetTasksResponse, "task_ids", "ask for fewer, or for the BASIC view"
+        )(rows)
+        return response
 
     @translate_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
@@ -283,3 +312,18 @@ def _fill_bounded(
             del target[-1]
             return count
     return len(rows)
+
+
+def _batch_reply(
+    response_class: Any, field: str, advice: str
+) -> Callable[[list[dict[str, Any]]], Any]:
+    """Builds a batch response of every task, or refuses one past MAX_PAGE_RESPONSE_BYTES (a
+    batch is never cut short)."""
+
+    def reply(rows: list[dict[str, Any]]) -> Any:
+        response = response_class()
+        if _fill_bounded(response.tasks, rows, fill_task) < len(rows):
+            raise batches.too_large(field, "tasks", advice)
+        return response
+
+    return reply

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 
 from resinkit_grpc.api.parse import decodable
 from resinkit_grpc.errors import (
+    ConcurrentCreate,
     DeadlineExceeded,
     EtagMismatch,
     InvalidArgument,
@@ -26,6 +27,7 @@ from resinkit_grpc.errors import (
     StorageUnavailable,
     TaskAlreadyExists,
     TaskNotFound,
+    TasksNotFound,
     TaskStateConflict,
     api_name,
 )
@@ -49,6 +51,8 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
     task_id = getattr(error, "task_id", None)
     if task_id is not None:
         metadata["task_id"] = task_id
+    if error.index is not None:
+        metadata["index"] = str(error.index)
     match error:
         case InvalidArgument():
             code, reason = code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT"
@@ -71,6 +75,20 @@ def to_status(error: ResinkitError) -> status_pb2.Status:
                     description=error.message,
                 )
             )
+        case TasksNotFound():
+            code, reason = code_pb2.NOT_FOUND, "TASK_NOT_FOUND"
+            metadata["missing_task_ids"] = ",".join(error.task_ids)
+            metadata["missing_count"] = str(error.missing)
+            details.append(
+                error_details_pb2.ResourceInfo(
+                    resource_type="resinkit.v1.Task",
+                    resource_name=error.task_ids[0],
+                    description=error.message,
+                )
+            )
+        case ConcurrentCreate():
+            code, reason = code_pb2.ABORTED, "CONCURRENT_CREATE"
+            metadata["outcome"] = "NOT_COMMITTED"
         case TaskAlreadyExists():
             code, reason = code_pb2.ALREADY_EXISTS, "TASK_ALREADY_EXISTS"
             details.append(

@@ -136,6 +136,32 @@ class AsyncTaskClient(ClientCore):
         )
         return wire.task_from_proto(await self._call("CreateTask", request, timeout))
 
+    async def batch_create_tasks(
+        self, items: Sequence[Mapping[str, Any]], *, timeout: float | None = None
+    ) -> list[Task]:
+        """Creates up to 1000 tasks, all or none (BatchCreateTasks). Each item is a mapping of
+        create_task's arguments (task_type required). Retry-safe: items without a request_id
+        get one."""
+        request = wire.batch_create_request(items, new_request_id)
+        response = await self._call("BatchCreateTasks", request, timeout)
+        return [wire.task_from_proto(task) for task in response.tasks]
+
+    async def batch_get_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        view: TaskView | None = None,
+        allow_missing: bool = False,
+        timeout: float | None = None,
+    ) -> list[Task]:
+        """Up to 1000 tasks in the order asked (BatchGetTasks). TaskNotFound if one is unknown,
+        unless allow_missing, which leaves it out."""
+        request = pb.BatchGetTasksRequest(
+            task_ids=task_ids, view=wire.view_to_proto(view), allow_missing=allow_missing
+        )
+        response = await self._call("BatchGetTasks", request, timeout)
+        return [wire.task_from_proto(task) for task in response.tasks]
+
     async def get_task(
         self, task_id: str, *, view: TaskView | None = None, timeout: float | None = None
     ) -> Task:

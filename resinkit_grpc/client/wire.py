@@ -3,7 +3,7 @@ sync and asyncio clients: requests are built and responses read here, nowhere el
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -191,6 +191,30 @@ def create_task_request(
     request = pb.CreateTaskRequest(task_id=task_id or "", request_id=request_id, actor=actor or "")
     request.task.task_type = task_type
     fill_task(request.task, fields)
+    return request
+
+
+# What an item of batch_create_tasks may name beside the task's fields.
+BATCH_ITEM_KEYS = frozenset({"task_type", "task_id", "request_id", "actor"})
+
+
+def batch_create_request(
+    items: Sequence[Mapping[str, Any]], new_request_id: Callable[[], str]
+) -> pb.BatchCreateTasksRequest:
+    """Each item: task_type, optionally task_id, request_id (generated when absent, so that a
+    retry of the call is safe), actor, and the fields create_task takes."""
+    request = pb.BatchCreateTasksRequest()
+    for item in items:
+        fields = {name: value for name, value in item.items() if name not in BATCH_ITEM_KEYS}
+        request.requests.append(
+            create_task_request(
+                task_type=item["task_type"],
+                task_id=item.get("task_id"),
+                request_id=item.get("request_id") or new_request_id(),
+                actor=item.get("actor"),
+                fields=fields,
+            )
+        )
     return request
 
 

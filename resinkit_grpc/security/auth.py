@@ -26,6 +26,7 @@ METHOD_ROLES = {
         SERVICE + name: Role.READER
         for name in (
             "GetTask",
+            "BatchGetTasks",
             "ListTasks",
             "ListTaskEvents",
             "WatchTaskEvents",
@@ -36,6 +37,7 @@ METHOD_ROLES = {
         SERVICE + name: Role.WRITER
         for name in (
             "CreateTask",
+            "BatchCreateTasks",
             "UpdateTask",
             "UpdateTaskStatus",
             "DeleteTask",

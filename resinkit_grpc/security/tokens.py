@@ -29,7 +29,7 @@ TOKEN_PREFIX = "rk_"
 class Role(enum.IntEnum):
     """What a caller may do; each role may do what the ones below it may."""
 
-    READER = 1  # GetTask, ListTasks, ListTaskEvents, WatchTaskEvents
+    READER = 1  # GetTask, BatchGetTasks, ListTasks, ListTaskEvents, WatchTaskEvents
     WRITER = 2  # and every mutation
     ADMIN = 3  # and the admin operations
 

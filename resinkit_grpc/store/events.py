@@ -94,7 +94,11 @@ def append_event(
         "timestamp": timestamp,
         "actor": actor,
     }
-    hooks = [] if task is None else deliveries.hearing(task, event_type, row["new_status"])
+    _append(connection, row, task)
+
+
+def _append(connection: Connection, row: Mapping[str, Any], task: Mapping[str, Any] | None) -> None:
+    hooks = [] if task is None else deliveries.hearing(task, row["event_type"], row["new_status"])
     if task is None or not hooks:
         INSERT.execute(connection, row)
         return
@@ -106,7 +110,26 @@ def append_event(
         event_id = found["id"]
     else:
         event_id = connection.execute(INSERT_RETURNING, row).scalar_one()
-    deliveries.enqueue(connection, task, hooks, event_id, timestamp)
+    deliveries.enqueue(connection, task, hooks, event_id, row["timestamp"])
+
+
+def append_events(
+    connection: Connection,
+    rows: Sequence[Mapping[str, Any]],
+    tasks: Sequence[Mapping[str, Any]],
+) -> None:
+    """Appends many events (EVENT_FIELDS each, values as stored), their ids in the order given,
+    the event of rows[i] leaving the task tasks[i]; see append_event. One statement for all,
+    unless a webhook hears one of them: then one by one, each with its deliveries."""
+    serialize_appends(connection)
+    if any(
+        deliveries.hearing(task, row["event_type"], row["new_status"])
+        for row, task in zip(rows, tasks, strict=True)
+    ):
+        for row, task in zip(rows, tasks, strict=True):
+            _append(connection, row, task)
+        return
+    INSERT.execute_many(connection, rows)
 
 
 def serialize_appends(connection: Connection) -> None:

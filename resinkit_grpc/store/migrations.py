@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 import resinkit_grpc
 from alembic import command
+from resinkit_grpc.store.filter_indexes import SQLITE_BACKFILL, SQLITE_TRIGGERS
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _migrate_sqlite(connection: Connection, config: Config, move: _Move) -> None
             moved = _apply(connection, config, move)
             # Every time (one statement): also repairs a rebuild done by hand.
             _keep_purged_ids_used(connection)
+            keep_tag_triggers(connection)
             if moved:
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
@@ -189,6 +191,26 @@ def _keep_purged_ids_used(connection: Connection) -> None:
             "UPDATE sqlite_sequence SET seq = (SELECT purged_through_event_id FROM log_horizon) "
             "WHERE name = 'task_events' AND seq < (SELECT purged_through_event_id FROM log_horizon)"
         )
+
+
+def keep_tag_triggers(connection: Connection) -> None:
+    """A migration that rebuilds `tasks` (batch mode copies the table) drops its triggers with
+    it, and task_tags would silently fall behind: when one is missing they are made again and
+    task_tags is filled afresh from every task's tags."""
+    names = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')"
+        )
+    }
+    if "task_tags" not in names or set(SQLITE_TRIGGERS) <= names:
+        return
+    log.warning("the triggers that keep task_tags were gone (a rebuild of tasks?): restoring")
+    for name, ddl in SQLITE_TRIGGERS.items():
+        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+        connection.exec_driver_sql(ddl)
+    connection.exec_driver_sql("DELETE FROM task_tags")
+    connection.exec_driver_sql(SQLITE_BACKFILL)
 
 
 def _migrate_postgresql(connection: Connection, config: Config, move: _Move) -> None:

@@ -42,6 +42,16 @@ SQLITE_OPEN = text(f"active = 1 AND status NOT IN ({TERMINAL_NAMES})")
 POSTGRES_OPEN = text(f"active AND status NOT IN ({TERMINAL_NAMES})")
 
 
+# (name, filter column, sort column): live tasks of one status, type or creator in every sort
+# order, so that a page walks the index in order whatever order_by says (migration 0006).
+FILTER_INDEXES = tuple(
+    (f"ix_tasks_{column}_{sort}", column, sort)
+    for column in ("status", "task_type", "created_by")
+    for sort in ("created_at", "updated_at", "priority")
+    if not (column != "created_by" and sort == "created_at")  # ix_tasks_status, ix_tasks_task_type
+)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -94,6 +104,18 @@ class Task(Base):
             "task_id",
             sqlite_where=SQLITE_ACTIVE_ONLY,
             postgresql_where=POSTGRES_ACTIVE_ONLY,
+        ),
+        # The same for every other sort order, and for created_by (see FILTER_INDEXES).
+        *(
+            Index(
+                name,
+                column,
+                sort,
+                "task_id",
+                sqlite_where=SQLITE_ACTIVE_ONLY,
+                postgresql_where=POSTGRES_ACTIVE_ONLY,
+            )
+            for name, column, sort in FILTER_INDEXES
         ),
         # Keyset pagination walks these: one per sort order, task_id breaking ties.
         Index("ix_tasks_created_at", "created_at", "task_id"),

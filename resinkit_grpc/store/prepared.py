@@ -26,7 +26,7 @@ sends every statement through SQLAlchemy, for tracing).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -79,6 +79,37 @@ class Prepared:
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+    def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Runs a DML statement (no IN lists) once per row, in one driver call; returns the
+        driver's rowcount (the rows it changed, on SQLite)."""
+        if not DRIVER_PATH.on or connection.dialect.name != "sqlite":
+            return connection.execute(self.statement, [dict(row) for row in rows]).rowcount
+        compiled = self._compiled(connection.dialect)
+        pairs = tuple(zip(compiled.names, compiled.binds, strict=True))
+        # Rows of one batch share values (its timestamp, its type): each is processed once.
+        done: dict[tuple[str, int], Any] = {}
+        values = []
+        for row in rows:
+            out = []
+            for name, process in pairs:
+                value = row[name]
+                if value is not None and process is not None:
+                    key = (name, id(value))
+                    if key in done:
+                        value = done[key]
+                    else:
+                        value = done[key] = process(value)
+                out.append(value)
+            values.append(out)
+        if not connection.in_transaction() and not connection.info.get(AUTOCOMMIT):
+            connection.begin()
+        raw = connection.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)
+        try:
+            return int(raw.executemany(compiled.sql, values).rowcount)
+        except sqlite3.Error as error:
+            raise _wrapped(error, compiled, {}, connection.dialect) from error
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Runs a SELECT; returns its first row as column key -> value, or None."""

@@ -3,6 +3,7 @@ task and appends its event last, so the change and its event commit together or 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import secrets
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from resinkit_grpc.rules import EventType, TaskStatus, allowed_next, can_transit
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.engine import UNICODE_LOWER
 from resinkit_grpc.store.events import append_event
+from resinkit_grpc.store.filter_indexes import add_tags, dense_conditions, task_tags
 from resinkit_grpc.store.models import ServiceSecret, Task
 from resinkit_grpc.store.prepared import Prepared
 from resinkit_grpc.store.requests import once
@@ -166,7 +168,33 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
     expires_at = new.expires_at
     if new.timeout_seconds is not None:
         expires_at = now + timedelta(seconds=new.timeout_seconds)
-    record: TaskRecord = {
+    record = new_record(new, now, expires_at)
+    if connection.dialect.name == "sqlite":
+        inserted = INSERT_SQLITE.execute(connection, record) == 1
+    else:
+        inserted = connection.execute(INSERT_POSTGRESQL, record).first() is not None
+    if not inserted:
+        first = None if new.request_id is None else _by_request_id(connection, new.request_id)
+        if first is not None:
+            return first
+        raise TaskAlreadyExists(new.task_id)
+    if record["tags"]:
+        add_tags(connection, [record])
+    append_event(
+        connection,
+        new.task_id,
+        EventType.CREATED,
+        now,
+        new_status=TaskStatus.PENDING,
+        actor=new.actor or new.created_by,
+        task=record,
+    )
+    return record
+
+
+def new_record(new: NewTask, now: datetime, expires_at: datetime | None) -> TaskRecord:
+    """The row of a task about to be created."""
+    return {
         "task_id": new.task_id,
         "task_type": new.task_type,
         "task_name": new.task_name,
@@ -190,25 +218,6 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
         "error_info": None,
         "result_summary": None,
     }
-    if connection.dialect.name == "sqlite":
-        inserted = INSERT_SQLITE.execute(connection, record) == 1
-    else:
-        inserted = connection.execute(INSERT_POSTGRESQL, record).first() is not None
-    if not inserted:
-        first = None if new.request_id is None else _by_request_id(connection, new.request_id)
-        if first is not None:
-            return first
-        raise TaskAlreadyExists(new.task_id)
-    append_event(
-        connection,
-        new.task_id,
-        EventType.CREATED,
-        now,
-        new_status=TaskStatus.PENDING,
-        actor=new.actor or new.created_by,
-        task=record,
-    )
-    return record
 
 
 def _by_request_id(connection: Connection, request_id: str) -> TaskRecord | None:
@@ -237,7 +246,30 @@ def list_tasks(
     at most `limit`. FULL pages hold no more rows than fit in `max_bytes` of stored text (the
     first row always comes), and each of their rows carries `page_rows`: how many rows the
     page had before that cut."""
+    if after is not None and order.field == "created_at":
+        # Past the first page, the position bounds created_at on its side already (its row
+        # was in the range): a second bound on that side would be the one the database walks
+        # the index from, reading every row between it and the position.
+        if order.descending:
+            query = dataclasses.replace(query, created_before=None)
+        else:
+            query = dataclasses.replace(query, created_after=None)
+    dense = frozenset[str]()
+    if connection.dialect.name == "sqlite":
+        # PostgreSQL's planner has statistics (ANALYZE) and chooses for itself.
+        dense = dense_conditions(
+            connection,
+            statuses=query.statuses,
+            task_types=query.task_types,
+            tags_any=query.tags_any,
+            tags_all=query.tags_all,
+            created_range=None
+            if order.field == "created_at"
+            else (query.created_after, query.created_before),
+            active_only=not query.show_deleted,
+        )
     shape = _ListShape(
+        dense=dense,
         dialect=connection.dialect.name,
         statuses=bool(query.statuses),
         task_types=bool(query.task_types),
@@ -483,6 +515,9 @@ def _update(
 class _ListShape:
     """What a ListTasks statement depends on, apart from its parameter values."""
 
+    # SQLite: conditions many tasks meet, tested while walking the sort order's index (see
+    # filter_indexes.dense_conditions) rather than used to find the matches first.
+    dense: frozenset[str]
     dialect: str
     statuses: bool
     task_types: bool
@@ -505,10 +540,17 @@ def _list_statement(shape: _ListShape) -> Prepared:
     conditions: list[ColumnElement[bool]] = []
     if not shape.show_deleted:
         conditions.append(c.active == true())
+
+    # likely(x) is x, but no index serves it: SQLite then filters on it instead of driving.
+    def tested(name: str, column: Any) -> Any:
+        return func.likely(column, type_=column.type) if name in shape.dense else column
+
     if shape.statuses:
-        conditions.append(c.status.in_(bindparam("statuses", expanding=True)))
+        conditions.append(tested("statuses", c.status).in_(bindparam("statuses", expanding=True)))
     if shape.task_types:
-        conditions.append(c.task_type.in_(bindparam("task_types", expanding=True)))
+        conditions.append(
+            tested("task_types", c.task_type).in_(bindparam("task_types", expanding=True))
+        )
     if shape.created_by:
         conditions.append(c.created_by == bindparam("created_by"))
     if shape.name_contains:
@@ -516,13 +558,14 @@ def _list_statement(shape: _ListShape) -> Prepared:
         lower = getattr(func, UNICODE_LOWER) if shape.dialect == "sqlite" else func.lower
         conditions.append(lower(c.task_name).like(bindparam("name_pattern"), escape=LIKE_ESCAPE))
     if shape.tags_any:
-        conditions.append(_has_any_tag(shape.dialect))
+        conditions.append(_has_any_tag(shape.dialect, "tags_any" in shape.dense))
     if shape.tags_all:
-        conditions.append(_has_every_tag(shape.dialect, shape.tags_all))
+        conditions.append(_has_every_tag(shape.dialect, shape.tags_all, "tags_all" in shape.dense))
+    created = tested("created_range", c.created_at)
     if shape.created_after:
-        conditions.append(c.created_at >= bindparam("created_after", type_=c.created_at.type))
+        conditions.append(created >= bindparam("created_after", type_=c.created_at.type))
     if shape.created_before:
-        conditions.append(c.created_at < bindparam("created_before", type_=c.created_at.type))
+        conditions.append(created < bindparam("created_before", type_=c.created_at.type))
     sort_column = c[shape.order.field]
     if shape.keyset:
         position = tuple_(sort_column, c.task_id)
@@ -572,28 +615,30 @@ def _ordering(table: Any, order: SortOrder) -> tuple[Any, Any]:
     return (sort.desc(), task_id.desc()) if order.descending else (sort.asc(), task_id.asc())
 
 
-def _has_any_tag(dialect: str) -> ColumnElement[bool]:
-    """Exact tag membership; `tags` is a JSON array of strings."""
+def _has_any_tag(dialect: str, dense: bool) -> ColumnElement[bool]:
+    """Exact tag membership; `tags` is a JSON array of strings. On PostgreSQL through the GIN
+    index on tags; on SQLite through task_tags (see store/filter_indexes.py): the matches of
+    a rare tag first, or for a common (dense) one a probe per task as the sort order is
+    walked."""
     if dialect == "postgresql":
         wanted = bindparam("tags_any", type_=postgresql.ARRAY(postgresql.TEXT))
         return tasks.c.tags.op("?|", return_type=Boolean())(wanted)
-    each = func.json_each(tasks.c.tags).table_valued("value")
-    return exists(
-        select(1).select_from(each).where(each.c.value.in_(bindparam("tags_any", expanding=True)))
-    )
+    return _tagged(task_tags.c.tag.in_(bindparam("tags_any", expanding=True)), dense)
 
 
-def _has_every_tag(dialect: str, count: int) -> ColumnElement[bool]:
+def _has_every_tag(dialect: str, count: int, dense: bool) -> ColumnElement[bool]:
     if dialect == "postgresql":
         wanted = bindparam("tags_all", type_=postgresql.ARRAY(postgresql.TEXT))
         return tasks.c.tags.op("?&", return_type=Boolean())(wanted)
-    members = []
-    for index in range(count):
-        each = func.json_each(tasks.c.tags).table_valued("value")
-        members.append(
-            exists(select(1).select_from(each).where(each.c.value == bindparam(f"tag_{index}")))
-        )
-    return and_(*members)
+    return and_(
+        *(_tagged(task_tags.c.tag == bindparam(f"tag_{index}"), dense) for index in range(count))
+    )
+
+
+def _tagged(tag_condition: ColumnElement[bool], dense: bool) -> ColumnElement[bool]:
+    if dense:
+        return exists(select(1).where(tag_condition, task_tags.c.task_id == tasks.c.task_id))
+    return tasks.c.task_id.in_(select(task_tags.c.task_id).where(tag_condition))
 
 
 LIKE_ESCAPE = "/"

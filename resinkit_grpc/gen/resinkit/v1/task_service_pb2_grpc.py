@@ -97,6 +97,16 @@ class TaskServiceStub:
                 request_serializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsRequest.SerializeToString,
                 response_deserializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateTasks = channel.unary_unary(
+                '/resinkit.v1.TaskService/BatchCreateTasks',
+                request_serializer=resinkit_dot_v1_dot_task__service__pb2.BatchCreateTasksRequest.SerializeToString,
+                response_deserializer=resinkit_dot_v1_dot_task__service__pb2.BatchCreateTasksResponse.FromString,
+                _registered_method=True)
+        self.BatchGetTasks = channel.unary_unary(
+                '/resinkit.v1.TaskService/BatchGetTasks',
+                request_serializer=resinkit_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+                response_deserializer=resinkit_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -217,6 +227,32 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateTasks(self, request, context):
+        """Creates up to 1000 tasks at once (AIP-233), atomically: all of them or none. Each item is
+        a CreateTaskRequest with its own optional task_id and request_id, idempotent as
+        CreateTask is (an item whose request_id was used before returns the task that call
+        created). Every created task gets its own CREATED event, in the order of the requests,
+        in the one transaction. A failing item fails the whole call and names its index: the
+        BadRequest field `requests[i].<field>` for invalid input, ErrorInfo.metadata["index"]
+        for the others (ALREADY_EXISTS for a taken task_id). Two items with the same task_id or
+        the same request_id are INVALID_ARGUMENT. INVALID_ARGUMENT too when the created tasks
+        would not fit in one response (3.5 MB): send fewer per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetTasks(self, request, context):
+        """Returns up to 1000 tasks by id (AIP-231), in the order asked (an id asked twice comes
+        twice). NOT_FOUND naming the missing ids (ErrorInfo.metadata["missing_task_ids"], the
+        first of them in ResourceInfo) unless allow_missing, which leaves them out.
+        INVALID_ARGUMENT when the tasks would not fit in one response (3.5 MB): ask for fewer, or
+        for the BASIC view.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +315,16 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.RedeliverEvents,
                     request_deserializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsRequest.FromString,
                     response_serializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsResponse.SerializeToString,
+            ),
+            'BatchCreateTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateTasks,
+                    request_deserializer=resinkit_dot_v1_dot_task__service__pb2.BatchCreateTasksRequest.FromString,
+                    response_serializer=resinkit_dot_v1_dot_task__service__pb2.BatchCreateTasksResponse.SerializeToString,
+            ),
+            'BatchGetTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetTasks,
+                    request_deserializer=resinkit_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.FromString,
+                    response_serializer=resinkit_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -608,6 +654,60 @@ class TaskService:
             '/resinkit.v1.TaskService/RedeliverEvents',
             resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsRequest.SerializeToString,
             resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resinkit.v1.TaskService/BatchCreateTasks',
+            resinkit_dot_v1_dot_task__service__pb2.BatchCreateTasksRequest.SerializeToString,
+            resinkit_dot_v1_dot_task__service__pb2.BatchCreateTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resinkit.v1.TaskService/BatchGetTasks',
+            resinkit_dot_v1_dot_task__service__pb2.BatchGetTasksRequest.SerializeToString,
+            resinkit_dot_v1_dot_task__service__pb2.BatchGetTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,6 +97,24 @@ class TaskServiceStub:
     """Sends the DEAD deliveries of the events first_event_id..last_event_id again (admin): at
     most 1000 per call, whole events only; call again from `next_event_id` while it is set.
     """
+    BatchCreateTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]
+    """Creates up to 1000 tasks at once (AIP-233), atomically: all of them or none. Each item is
+    a CreateTaskRequest with its own optional task_id and request_id, idempotent as
+    CreateTask is (an item whose request_id was used before returns the task that call
+    created). Every created task gets its own CREATED event, in the order of the requests,
+    in the one transaction. A failing item fails the whole call and names its index: the
+    BadRequest field `requests[i].<field>` for invalid input, ErrorInfo.metadata["index"]
+    for the others (ALREADY_EXISTS for a taken task_id). Two items with the same task_id or
+    the same request_id are INVALID_ARGUMENT. INVALID_ARGUMENT too when the created tasks
+    would not fit in one response (3.5 MB): send fewer per call.
+    """
+    BatchGetTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]
+    """Returns up to 1000 tasks by id (AIP-231), in the order asked (an id asked twice comes
+    twice). NOT_FOUND naming the missing ids (ErrorInfo.metadata["missing_task_ids"], the
+    first of them in ResourceInfo) unless allow_missing, which leaves them out.
+    INVALID_ARGUMENT when the tasks would not fit in one response (3.5 MB): ask for fewer, or
+    for the BASIC view.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -166,6 +184,24 @@ class TaskServiceAsyncStub(TaskServiceStub):
     RedeliverEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.RedeliverEventsRequest, _task_service_pb2.RedeliverEventsResponse]  # type: ignore[assignment]
     """Sends the DEAD deliveries of the events first_event_id..last_event_id again (admin): at
     most 1000 per call, whole events only; call again from `next_event_id` while it is set.
+    """
+    BatchCreateTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchCreateTasksRequest, _task_service_pb2.BatchCreateTasksResponse]  # type: ignore[assignment]
+    """Creates up to 1000 tasks at once (AIP-233), atomically: all of them or none. Each item is
+    a CreateTaskRequest with its own optional task_id and request_id, idempotent as
+    CreateTask is (an item whose request_id was used before returns the task that call
+    created). Every created task gets its own CREATED event, in the order of the requests,
+    in the one transaction. A failing item fails the whole call and names its index: the
+    BadRequest field `requests[i].<field>` for invalid input, ErrorInfo.metadata["index"]
+    for the others (ALREADY_EXISTS for a taken task_id). Two items with the same task_id or
+    the same request_id are INVALID_ARGUMENT. INVALID_ARGUMENT too when the created tasks
+    would not fit in one response (3.5 MB): send fewer per call.
+    """
+    BatchGetTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.BatchGetTasksRequest, _task_service_pb2.BatchGetTasksResponse]  # type: ignore[assignment]
+    """Returns up to 1000 tasks by id (AIP-231), in the order asked (an id asked twice comes
+    twice). NOT_FOUND naming the missing ids (ErrorInfo.metadata["missing_task_ids"], the
+    first of them in ResourceInfo) unless allow_missing, which leaves them out.
+    INVALID_ARGUMENT when the tasks would not fit in one response (3.5 MB): ask for fewer, or
+    for the BASIC view.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -305,6 +341,36 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_service_pb2.RedeliverEventsResponse, _abc.Awaitable[_task_service_pb2.RedeliverEventsResponse]]:
         """Sends the DEAD deliveries of the events first_event_id..last_event_id again (admin): at
         most 1000 per call, whole events only; call again from `next_event_id` while it is set.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCreateTasks(
+        self,
+        request: _task_service_pb2.BatchCreateTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.BatchCreateTasksResponse, _abc.Awaitable[_task_service_pb2.BatchCreateTasksResponse]]:
+        """Creates up to 1000 tasks at once (AIP-233), atomically: all of them or none. Each item is
+        a CreateTaskRequest with its own optional task_id and request_id, idempotent as
+        CreateTask is (an item whose request_id was used before returns the task that call
+        created). Every created task gets its own CREATED event, in the order of the requests,
+        in the one transaction. A failing item fails the whole call and names its index: the
+        BadRequest field `requests[i].<field>` for invalid input, ErrorInfo.metadata["index"]
+        for the others (ALREADY_EXISTS for a taken task_id). Two items with the same task_id or
+        the same request_id are INVALID_ARGUMENT. INVALID_ARGUMENT too when the created tasks
+        would not fit in one response (3.5 MB): send fewer per call.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetTasks(
+        self,
+        request: _task_service_pb2.BatchGetTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.BatchGetTasksResponse, _abc.Awaitable[_task_service_pb2.BatchGetTasksResponse]]:
+        """Returns up to 1000 tasks by id (AIP-231), in the order asked (an id asked twice comes
+        twice). NOT_FOUND naming the missing ids (ErrorInfo.metadata["missing_task_ids"], the
+        first of them in ResourceInfo) unless allow_missing, which leaves them out.
+        INVALID_ARGUMENT when the tasks would not fit in one response (3.5 MB): ask for fewer, or
+        for the BASIC view.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
