@@ -33,7 +33,8 @@ function when(text) {
 }
 
 function duration(ms) {
-  const s = Math.max(0, Math.round(ms / 1000));
+  if (ms < 10000) return `${(Math.max(0, ms) / 1000).toFixed(1)} s`;
+  const s = Math.round(ms / 1000);
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
   if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
@@ -243,9 +244,11 @@ export function renderTask(app, view, taskId) {
   const fields = el("table", { id: "fields" });
   const jsons = el("div", { id: "json-fields" });
   const timeline = el("ol", { id: "timeline" });
+  const history = el("section", { id: "history" }, el("h2", {}, "Timeline"), timeline);
+  // A "Deliveries" section (webhooks) belongs in `history`, after the timeline.
   view.append(el("p", {}, el("a", { href: "/", "data-nav": "" }, "« all tasks")), head, actions,
-    el("h2", {}, "Fields"), fields, jsons, el("h2", {}, "Timeline"), timeline);
-  // The webhook engineer's "Deliveries" section goes here, after the timeline.
+    el("div", { class: "task-body" },
+      el("section", { id: "task-fields" }, el("h2", {}, "Fields"), fields, jsons), history));
 
   let stream = null;
   let stopped = false;
