@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from google.protobuf import json_format, timestamp_pb2
-from multidict import MultiMapping
 
 from resinkit_grpc.api import parse
 from resinkit_grpc.api.convert import event_to_proto, task_to_proto
@@ -22,6 +21,10 @@ from resinkit_grpc.store import events, tasks
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.tasks import TaskRecord
 from resinkit_grpc.watch.items import LogEvent
+
+if TYPE_CHECKING:  # aiohttp's query strings; multidict comes with aiohttp
+    from multidict import MultiMapping
+
 
 # The ListTasks filter in a query string: parameter -> ListTasksRequest field (repeatable
 # parameters may be given several times).

@@ -10,10 +10,9 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from multidict import MultiMapping
 
 from resinkit_grpc.api import parse
 from resinkit_grpc.api.status import watch_ending
@@ -24,6 +23,10 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.security.auth import token_withdrawn
 from resinkit_grpc.watch.items import Ended, EndReason, LogEvent, Passed
 from resinkit_grpc.watch.watches import Watches
+
+if TYPE_CHECKING:  # aiohttp's query strings; multidict comes with aiohttp
+    from multidict import MultiMapping
+
 
 STREAM_PARAMETERS = ("task_id", "type", "event_type", "after")
 # How long a browser waits before it reconnects (SSE `retry:`), in milliseconds.
