@@ -86,12 +86,22 @@ export function renderTasks(app, view, query) {
 
   let stream = null;
   let stopped = false;
-  const pending = new Set();
-  let flush = null;
   const firstPage = !query.get("page_token");
-  const newestFirst = !query.get("order_by") || /^created_at( desc)?$/i.test(query.get("order_by").trim());
+  const statusFilter = query.getAll("status").map((s) => short(s.toUpperCase()));
+  const showDeleted = query.get("show_deleted") === "true";
+  // What the events since the last flush call for. A page reads at most once per FLUSH_MS
+  // (and counts once per COUNTS_MS), however fast tasks change: a status change of a shown row
+  // is applied from the event itself; only new rows need the list read again.
+  const FLUSH_MS = 250;
+  const COUNTS_MS = 1000;
+  const dirty = { list: false, rows: new Set(), counts: false };
+  let flushTimer = null;
+  let countsAt = 0;
+  let received = 0; // events received so far
+  const recent = []; // the latest events, re-applied over a read that may predate them
 
   const refreshCounts = async () => {
+    countsAt = Date.now();
     const params = new URLSearchParams(query);
     params.delete("page_token");
     params.delete("page_size");
@@ -114,34 +124,104 @@ export function renderTasks(app, view, query) {
     el("td", {}, (task.tags || []).map((t) => el("span", { class: "tag" }, t))),
     el("td", {}, task.created_by || ""),
     el("td", {}, when(task.created_at)),
-    el("td", {}, when(task.updated_at)));
+    el("td", { class: "updated-cell" }, when(task.updated_at)));
 
   const findRow = (id) => [...body.rows].find((r) => r.dataset.taskId === id);
-
-  // Each changed task is read again (coalesced), then placed, changed or removed.
-  const refresh = async (ids) => {
-    for (const id of ids) {
-      let task = null;
-      try {
-        task = await app.api(`/api/tasks/${encodeURIComponent(id)}`);
-      } catch (error) {
-        if (error.status !== 404) { showError(app, error); continue; }
-      }
-      if (stopped) return;
-      const existing = findRow(id);
-      if (task && matches(task, query)) {
-        const fresh = row(task);
-        fresh.classList.add("flash");
-        if (existing) existing.replaceWith(fresh);
-        else if (firstPage && newestFirst) body.prepend(fresh);
-      } else if (existing) {
-        existing.remove();
-      }
-    }
-    empty.hidden = body.rows.length > 0;
-  };
   const empty = el("p", { class: "muted", id: "no-tasks", hidden: true }, "No task matches.");
   view.insertBefore(empty, pager);
+  const flash = (tr) => { tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash"); };
+
+  // One event on the rows shown; `replay`: re-applied over a fresher read, asking for no read.
+  const apply = (event, replay = false) => {
+    const tr = findRow(event.task_id);
+    const type = event.event_type;
+    const wantList = () => { if (firstPage && !replay) dirty.list = true; };
+    if (!tr) {
+      if (type === "CREATED" || type === "UNDELETED") wantList();
+      // A task not shown may have moved into the statuses the filter names.
+      if (type === "STATUS_CHANGE" && statusFilter.includes(short(event.new_status))) wantList();
+      return;
+    }
+    if (type === "STATUS_CHANGE") {
+      if (statusFilter.length && !statusFilter.includes(short(event.new_status))) {
+        tr.remove();
+        wantList(); // refill the page
+      } else {
+        tr.querySelector(".status-cell").replaceChildren(badge(event.new_status));
+        tr.querySelector(".updated-cell").textContent = when(event.timestamp);
+        flash(tr);
+      }
+    } else if (type === "DELETED" && !showDeleted) {
+      tr.remove();
+      wantList();
+    } else if (!replay) {
+      dirty.rows.add(event.task_id); // UPDATED, UNDELETED, DELETED with deleted rows shown
+    }
+  };
+
+  // Runs `read`, then re-applies the events that arrived while it was under way.
+  const reading = async (read) => {
+    const before = received;
+    const done = await read();
+    const since = recent.slice(Math.max(0, recent.length - (received - before)));
+    for (const event of since) apply(event, true);
+    return done;
+  };
+
+  const showPage = (page, known) => {
+    body.replaceChildren(...page.tasks.map((task) => {
+      const fresh = row(task);
+      if (known && !known.has(task.task_id)) fresh.classList.add("flash");
+      return fresh;
+    }));
+    empty.hidden = page.tasks.length > 0;
+  };
+
+  const flush = async () => {
+    flushedAt = Date.now();
+    if (stopped) return;
+    if (dirty.list) {
+      dirty.list = false;
+      const known = new Set([...body.rows].map((r) => r.dataset.taskId));
+      await reading(async () => {
+        try {
+          const page = await app.api(`/api/tasks?${query}`);
+          if (!stopped) showPage(page, known);
+        } catch (error) {
+          if (error.status !== 401) showError(app, error);
+        }
+      });
+    }
+    const ids = [...dirty.rows].slice(0, 20);
+    for (const id of ids) {
+      dirty.rows.delete(id);
+      await reading(async () => {
+        let task = null;
+        try {
+          task = await app.api(`/api/tasks/${encodeURIComponent(id)}`);
+        } catch (error) {
+          if (error.status !== 404) { showError(app, error); return; }
+        }
+        const existing = findRow(id);
+        if (stopped || !existing) return;
+        if (task && matches(task, query)) { const fresh = row(task); flash(fresh); existing.replaceWith(fresh); }
+        else existing.remove();
+      });
+    }
+    empty.hidden = body.rows.length > 0;
+    flushTimer = null;
+    if (dirty.counts && Date.now() - countsAt >= COUNTS_MS) {
+      dirty.counts = false;
+      refreshCounts();
+    }
+    if (dirty.list || dirty.rows.size || dirty.counts) schedule();
+  };
+  let flushedAt = 0;
+  const schedule = () => {
+    if (flushTimer || stopped) return;
+    // At once after a quiet spell, else once FLUSH_MS have passed since the last flush.
+    flushTimer = setTimeout(flush, Math.max(0, flushedAt + FLUSH_MS - Date.now()));
+  };
 
   const load = async () => {
     let page;
@@ -152,8 +232,7 @@ export function renderTasks(app, view, query) {
       return;
     }
     if (stopped) return;
-    body.replaceChildren(...page.tasks.map(row));
-    empty.hidden = page.tasks.length > 0;
+    showPage(page, null);
     pager.replaceChildren();
     if (query.get("page_token")) {
       const first = new URLSearchParams(query);
@@ -174,14 +253,12 @@ export function renderTasks(app, view, query) {
       heartbeatSeconds: app.session.heartbeat_seconds,
       onState: (name) => app.liveState(name),
       onEvent: (event) => {
-        pending.add(event.task_id);
-        if (flush) return;
-        flush = setTimeout(() => {
-          const ids = [...pending];
-          pending.clear();
-          flush = null;
-          refresh(ids).then(refreshCounts);
-        }, 50);
+        received += 1;
+        recent.push(event);
+        if (recent.length > 1000) recent.splice(0, recent.length - 1000);
+        apply(event);
+        dirty.counts = true;
+        schedule();
       },
       onPurged: () => {
         app.notice("Retention purged events this page had not seen: the list was read again.", "info");
@@ -192,7 +269,7 @@ export function renderTasks(app, view, query) {
     }).start();
   };
   load();
-  return { stop: () => { stopped = true; if (stream) stream.stop(); } };
+  return { stop: () => { stopped = true; clearTimeout(flushTimer); if (stream) stream.stop(); } };
 }
 
 function filterForm(app, query) {
