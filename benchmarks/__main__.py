@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine, scale, unary, watch
+from benchmarks.consoles import OpenConsoles
 from tests.servers import ServerProcess
 
 # (figure, at least/most, target) per the performance issue.
@@ -53,6 +54,13 @@ def parse_args() -> argparse.Namespace:
         default="",
         help="more flags for the unary and watch phases' server, e.g. "
         "'--metrics-address 127.0.0.1:0' (to measure what metrics cost)",
+    )
+    parser.add_argument(
+        "--consoles",
+        type=int,
+        default=0,
+        help="after the unary phase, run it again in rounds alternating without and with this "
+        "many console streams open (the server then serves --console-address)",
     )
     parser.add_argument(
         "--phases",
@@ -128,6 +136,7 @@ def main() -> None:
                 "1100",
                 "--log-level",
                 "WARNING",
+                *(("--console-address", "127.0.0.1:0") if args.consoles else ()),
                 *shlex.split(args.server_args),
             ).start()
             pid = server.process.pid  # type: ignore[union-attr]
@@ -144,6 +153,9 @@ def main() -> None:
                         rounds=settings["rounds"],
                     )
                     report["unary"] = [asdict(r) for r in results]
+                if "unary" in phases and args.consoles:
+                    _phase(f"unary RPCs without and with {args.consoles} open consoles")
+                    report["consoles"] = consoles(server, pid, settings, args.consoles)
                 if "watch" in phases:
                     _phase("WatchTaskEvents delivery")
                     results_w = watch.run(
@@ -174,6 +186,52 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=_json_default))
         print(f"wrote {args.json}")
+
+
+def consoles(
+    server: ServerProcess, pid: int, settings: dict[str, Any], streams: int
+) -> dict[str, Any]:
+    """The unary phase in rounds that alternate without and with `streams` console streams
+    open, so that both meet the same moments of a noisy machine; each method's ratio against
+    the empty RPC of the same round."""
+    rounds: dict[str, list[list[dict[str, Any]]]] = {"without": [], "with": []}
+    loads = []
+    for _ in range(settings["rounds"]):
+        for condition in ("without", "with"):
+            measure = lambda: unary.run(  # noqa: E731
+                server.address,
+                pid,
+                clients=settings["clients"],
+                concurrency=settings["concurrency"],
+                warmup=settings["warmup"],
+                duration=settings["duration"] / settings["rounds"],
+                rounds=1,
+            )
+            if condition == "with":
+                with OpenConsoles(server.console_url, streams) as open_consoles:
+                    results = measure()
+                assert open_consoles.load is not None
+                loads.append(asdict(open_consoles.load))
+            else:
+                results = measure()
+            rounds[condition].append([asdict(r) for r in results])
+    figures: dict[str, Any] = {"streams": streams, "loads": loads, "methods": {}}
+    for method in unary.METHODS:
+        row: dict[str, Any] = {}
+        for condition, measured in rounds.items():
+            rates = [next(r for r in rs if r["method"] == method)["per_second"] for rs in measured]
+            empty = [
+                next(r for r in rs if r["method"] == "Health/Check")["per_second"]
+                for rs in measured
+            ]
+            ratios = [rate / base for rate, base in zip(rates, empty, strict=True) if base]
+            row[condition] = {
+                "per_second": sum(rates) / len(rates),
+                "ratio": sum(ratios) / len(ratios) if ratios else float("nan"),
+                "round_ratios": ratios,
+            }
+        figures["methods"][method] = row
+    return figures
 
 
 def durability(workdir: Path, settings: dict[str, Any]) -> dict[str, float]:
@@ -283,6 +341,33 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{r['p99_ms']:>9.2f}{r['server_cpu_us_per_delivery']:>14.1f}"
                 f"{r['server_rss_mib']:>16.0f}  {'; '.join(verdicts)}"
             )
+    if "consoles" in report:
+        c = report["consoles"]
+        print(
+            f"\n{'method':<18}{'calls/s':>10}{'ratio':>8}  {c['streams']} consoles:"
+            f"{'calls/s':>10}{'ratio':>8}{'with/without':>14}  target"
+        )
+        for method, row in c["methods"].items():
+            without, with_ = row["without"], row["with"]
+            target = UNARY_TARGETS.get(method)
+            verdict = (
+                check(
+                    f"{method} / empty RPC, {c['streams']} consoles open",
+                    with_["ratio"],
+                    target,
+                    True,
+                )
+                if target
+                else ""
+            )
+            print(
+                f"{method:<18}{without['per_second']:>10.0f}{without['ratio']:>8.2f}"
+                f"{'':>12}{with_['per_second']:>10.0f}{with_['ratio']:>8.2f}"
+                f"{with_['ratio'] / without['ratio']:>14.2f}  {verdict}"
+            )
+        events = sum(load["events"] for load in c["loads"])
+        reconnects = sum(load["reconnects"] for load in c["loads"])
+        print(f"console streams received {events:,} events, resumed {reconnects} times")
     if "scale" in report:
         print(
             f"\n{'ListTasks filter':<18}{'first ms':>10}{'deep ms':>10}{'depth':>7}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -32,9 +33,16 @@ def call(
     body: bytes | str | dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     token: str | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> Reply:
     url = urllib.parse.urlsplit(base)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection: http.client.HTTPConnection
+    if url.scheme == "https":
+        connection = http.client.HTTPSConnection(
+            url.hostname, url.port, timeout=30, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     sent = dict(headers or {})
     if token:
         sent["Authorization"] = f"Bearer {token}"

@@ -4,6 +4,7 @@ with its principal, and a stream resumed from a purged position is told to reloa
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from tests.certificates import Authority
 from tests.console_http import EventStream, call
 from tests.databases import Databases
 from tests.rpc import error_reason
@@ -146,3 +148,44 @@ def test_a_stream_resumed_from_a_purged_position_is_told_to_reload(
     assert frames[0].id is None  # no position to resume from: what was purged is gone
     assert frames[0].data["error"]["code"] == "OUT_OF_RANGE"
     assert frames[0].data["error"]["reason"] == "EVENTS_PURGED"
+
+
+def test_with_tls_the_console_speaks_https_with_the_same_certificate_and_mutual_tls_names_the_actor(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    ca = Authority(tmp_path, "console-ca")
+    issued = ca.server()
+    server = start_server(
+        "--tls-cert",
+        str(issued.certificate),
+        "--tls-key",
+        str(issued.key),
+        "--tls-client-ca",
+        str(ca.path),
+        "--console-address",
+        "127.0.0.1:0",
+    )
+    assert server.console_url.startswith("https://127.0.0.1:")
+    runner = ca.issue("flink-runner", dns=("flink-runner.jobs",))
+    credentials = grpc.ssl_channel_credentials(
+        ca.path.read_bytes(), runner.key.read_bytes(), runner.certificate.read_bytes()
+    )
+    with grpc.secure_channel(server.address, credentials) as channel:
+        stub = pb_grpc.TaskServiceStub(channel)
+        task = stub.CreateTask(pb.CreateTaskRequest(task=pb.Task(task_type="console-tls")))
+        context = ssl.create_default_context(cafile=str(ca.path))
+        context.load_cert_chain(runner.certificate, runner.key)
+        reply = call(
+            server.console_url,
+            "POST",
+            f"/api/tasks/{task.task_id}/cancel",
+            {"actor": "somebody-else"},
+            context=context,
+        )
+        assert reply.status == 200, reply.body
+        events = stub.ListTaskEvents(pb.ListTaskEventsRequest(task_id=task.task_id)).events
+        assert events[-1].actor == "flink-runner.jobs"
+    # Without a client certificate the handshake is refused, as on the gRPC port.
+    bare = ssl.create_default_context(cafile=str(ca.path))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        call(server.console_url, "GET", "/api/session", context=bare)

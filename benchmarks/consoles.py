@@ -1,0 +1,105 @@
+"""What open consoles cost the gRPC API: N console streams (GET /api/events with no filter,
+as the task table's page opens it: every event reaches every stream) held by a client process
+of their own, resuming by Last-Event-ID as the page does when the server ends one."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+OPEN_TIMEOUT = 60.0
+
+
+@dataclass
+class ConsoleLoad:
+    streams: int
+    events: int  # events received, over every stream
+    heartbeats: int
+    reconnects: int  # streams the server ended (SLOW_CONSUMER, ...) and the client resumed
+
+
+def _hold(url: str, streams: int, ready: Any, stop: Any, results: Any) -> None:
+    results.put(asyncio.run(_streams(url, streams, ready, stop)))
+
+
+async def _streams(url: str, streams: int, ready: Any, stop: Any) -> dict[str, int]:
+    tally = {"events": 0, "heartbeats": 0, "reconnects": 0}
+    opened = 0
+    all_open = asyncio.Event()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal opened
+        last: str | None = None
+        first = True
+        while True:
+            headers = {"Last-Event-ID": last} if last is not None else {}
+            async with session.get(url + "api/events", headers=headers) as response:
+                assert response.status == 200, response.status
+                if first:
+                    first = False
+                    opened += 1
+                    if opened == streams:
+                        all_open.set()
+                async for line in response.content:
+                    if line.startswith(b"id: "):
+                        last = line[4:].strip().decode()
+                    elif line == b"event: task_event\n":
+                        tally["events"] += 1
+                    elif line == b"event: heartbeat\n":
+                        tally["heartbeats"] += 1
+                    elif line == b"event: purged\n":
+                        return
+            tally["reconnects"] += 1
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tasks = [asyncio.create_task(one(session)) for _ in range(streams)]
+        await asyncio.wait_for(all_open.wait(), OPEN_TIMEOUT)
+        ready.set()
+        # The stop flag is a process-shared Event: waited for on a thread, not polled.
+        await asyncio.to_thread(stop.wait)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return tally
+
+
+class OpenConsoles:
+    """`with OpenConsoles(url, 100) as load:` holds 100 live streams open inside the block."""
+
+    def __init__(self, console_url: str, streams: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.streams = streams
+        self._ready = context.Event()
+        self._stop = context.Event()
+        self._results = context.Queue()
+        self._process = context.Process(
+            target=_hold,
+            args=(console_url, streams, self._ready, self._stop, self._results),
+            daemon=True,
+        )
+        self.load: ConsoleLoad | None = None
+
+    def __enter__(self) -> OpenConsoles:
+        self._process.start()
+        if not self._ready.wait(OPEN_TIMEOUT):
+            self._process.kill()
+            raise RuntimeError(f"{self.streams} console streams did not open")
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        tally = self._results.get(timeout=OPEN_TIMEOUT)
+        self._process.join(OPEN_TIMEOUT)
+        self.load = ConsoleLoad(self.streams, **tally)
