@@ -5,11 +5,12 @@ it saw receives exactly what it missed: the watch core's resume promise, unchang
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -21,7 +22,7 @@ from resinkit_grpc.console.replies import error_body, status_reply
 from resinkit_grpc.errors import InvalidArgument
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.security.auth import token_withdrawn
-from resinkit_grpc.watch.items import Ended, EndReason, LogEvent, Passed
+from resinkit_grpc.watch.items import Ended, EndReason, EventFilter, Item, LogEvent, Passed
 from resinkit_grpc.watch.watches import Watches
 
 if TYPE_CHECKING:  # aiohttp's query strings; multidict comes with aiohttp
@@ -31,23 +32,47 @@ if TYPE_CHECKING:  # aiohttp's query strings; multidict comes with aiohttp
 STREAM_PARAMETERS = ("task_id", "type", "event_type", "after")
 # How long a browser waits before it reconnects (SSE `retry:`), in milliseconds.
 RECONNECT_MS = 1000
-# Events encoded for SSE, kept so that every open console sends the same bytes (an event goes
-# to every stream at about the same time; the oldest are dropped first).
-ENCODED_KEPT = 4096
+# Streams write on a shared clock, every WRITE_INTERVAL seconds at most: what the watch core
+# queued meanwhile goes out in one write. A page needs no more than ten updates a second, and
+# since the fan-out hands a batch to every stream in one step, streams of one filter that wake
+# on the same tick take the same run of events, encoded once for all of them (EncodedRuns):
+# a hundred open pages cost about one encoding and a hundred writes per tick, not a hundred
+# encodings and writes per commit.
+WRITE_INTERVAL = 0.1
+# Runs and events kept encoded (the oldest are dropped first).
+RUNS_KEPT = 256
+EVENTS_KEPT = 4096
 
 
-class EncodedEvents:
+class EncodedRuns:
+    """SSE frames of events, and of runs of events as streams take them, made once."""
+
     def __init__(self) -> None:
-        self._kept: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._events: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._runs: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
+
+    def run(self, event_filter: EventFilter, events: Sequence[Item]) -> bytes:
+        """The frames of `events` (LogEvents, consecutive matches of `event_filter`): the same
+        filter, first and last id and count mean the same run."""
+        first, last = events[0], events[-1]
+        assert isinstance(first, LogEvent) and isinstance(last, LogEvent)
+        key = (event_filter, first.event_id, last.event_id, len(events))
+        found = self._runs.get(key)
+        if found is None:
+            found = b"".join(self.frame(event) for event in events)  # type: ignore[arg-type]
+            self._runs[key] = found
+            if len(self._runs) > RUNS_KEPT:
+                self._runs.popitem(last=False)
+        return found
 
     def frame(self, event: LogEvent) -> bytes:
-        found = self._kept.get(event.event_id)
+        found = self._events.get(event.event_id)
         if found is None:
             data = json.dumps(event_json(event), ensure_ascii=False, separators=(",", ":"))
             found = f"id: {event.event_id}\nevent: task_event\ndata: {data}\n\n".encode()
-            self._kept[event.event_id] = found
-            if len(self._kept) > ENCODED_KEPT:
-                self._kept.popitem(last=False)
+            self._events[event.event_id] = found
+            if len(self._events) > EVENTS_KEPT:
+                self._events.popitem(last=False)
         return found
 
 
@@ -76,7 +101,7 @@ def watch_request(query: MultiMapping[str], last_event_id: str | None) -> pb.Wat
 class LiveStreams:
     def __init__(self, watches: Watches) -> None:
         self._watches = watches
-        self._encoded = EncodedEvents()
+        self._encoded = EncodedRuns()
         self.open = 0
 
     async def stream(
@@ -101,22 +126,25 @@ class LiveStreams:
                 if still_valid is not None and not still_valid():
                     await _write(response, _frame("end", error_body(token_withdrawn())))
                     break
-                frames = []
-                for item in items:
-                    if isinstance(item, LogEvent):
-                        self._watches.delivered += 1
-                        frames.append(self._encoded.frame(item))
-                    elif isinstance(item, Passed):
-                        frames.append(
-                            f"id: {item.position}\nevent: heartbeat\ndata: {{}}\n\n".encode()
-                        )
-                    else:
-                        self._watches.endings[item.reason] += 1
-                        frames.append(_ending(item))
-                if not await _write(response, b"".join(frames)):
+                data = self._encode(wanted.filter, items)
+                if not await _write(response, data):
                     break
+                await _next_tick()
         assert response is not None
         return response
+
+    def _encode(self, event_filter: EventFilter, items: list[Item]) -> bytes:
+        """A batch as SSE frames: its events (all but a mark or an ending, which come last)."""
+        last = items[-1]
+        events = items if isinstance(last, LogEvent) else items[:-1]
+        self._watches.delivered += len(events)
+        data = self._encoded.run(event_filter, events) if events else b""
+        if isinstance(last, Passed):
+            data += f"id: {last.position}\nevent: heartbeat\ndata: {{}}\n\n".encode()
+        elif isinstance(last, Ended):
+            self._watches.endings[last.reason] += 1
+            data += _ending(last)
+        return data
 
     async def _begin(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -129,6 +157,13 @@ class LiveStreams:
         await response.prepare(request)
         await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
         return response
+
+
+async def _next_tick() -> None:
+    """Sleeps to the next multiple of WRITE_INTERVAL on the loop's clock, shared by every
+    stream."""
+    now = asyncio.get_running_loop().time()
+    await asyncio.sleep(WRITE_INTERVAL - now % WRITE_INTERVAL)
 
 
 def _ending(ended: Ended) -> bytes:
