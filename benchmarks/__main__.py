@@ -225,8 +225,12 @@ def consoles(
                 for rs in measured
             ]
             ratios = [rate / base for rate, base in zip(rates, empty, strict=True) if base]
+            cpu = [
+                next(r for r in rs if r["method"] == method)["cpu_us_per_call"] for rs in measured
+            ]
             row[condition] = {
                 "per_second": sum(rates) / len(rates),
+                "server_cpu_us_per_call": sum(cpu) / len(cpu),
                 "ratio": sum(ratios) / len(ratios) if ratios else float("nan"),
                 "round_ratios": ratios,
             }
@@ -344,8 +348,8 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
     if "consoles" in report:
         c = report["consoles"]
         print(
-            f"\n{'method':<18}{'calls/s':>10}{'ratio':>8}  {c['streams']} consoles:"
-            f"{'calls/s':>10}{'ratio':>8}{'with/without':>14}  target"
+            f"\n{'method':<18}{'calls/s':>10}{'ratio':>8}{'CPU µs':>8}  {c['streams']} consoles:"
+            f"{'calls/s':>10}{'ratio':>8}{'CPU µs':>8}{'with/without':>14}  target"
         )
         for method, row in c["methods"].items():
             without, with_ = row["without"], row["with"]
@@ -362,12 +366,18 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
             print(
                 f"{method:<18}{without['per_second']:>10.0f}{without['ratio']:>8.2f}"
-                f"{'':>12}{with_['per_second']:>10.0f}{with_['ratio']:>8.2f}"
+                f"{without['server_cpu_us_per_call']:>8.0f}{'':>12}"
+                f"{with_['per_second']:>10.0f}{with_['ratio']:>8.2f}"
+                f"{with_['server_cpu_us_per_call']:>8.0f}"
                 f"{with_['ratio'] / without['ratio']:>14.2f}  {verdict}"
             )
         events = sum(load["events"] for load in c["loads"])
         reconnects = sum(load["reconnects"] for load in c["loads"])
-        print(f"console streams received {events:,} events, resumed {reconnects} times")
+        client = sum(load["client_cpu_seconds"] for load in c["loads"])
+        print(
+            f"console streams received {events:,} events, resumed {reconnects} times; reading "
+            f"them took the client process {client:.1f} s of CPU on the same cores"
+        )
     if "scale" in report:
         print(
             f"\n{'ListTasks filter':<18}{'first ms':>10}{'deep ms':>10}{'depth':>7}"

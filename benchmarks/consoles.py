@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.machine import cpu_seconds
+
 OPEN_TIMEOUT = 60.0
 
 
@@ -21,6 +23,7 @@ class ConsoleLoad:
     events: int  # events received, over every stream
     heartbeats: int
     reconnects: int  # streams the server ended (SLOW_CONSUMER, ...) and the client resumed
+    client_cpu_seconds: float  # what reading them cost this machine (it shares the cores)
 
 
 def _hold(url: str, streams: int, ready: Any, stop: Any, results: Any) -> None:
@@ -109,7 +112,10 @@ class OpenConsoles:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        assert self._process.pid is not None
+        client_cpu = cpu_seconds(self._process.pid)
         self._stop.set()
         tally = self._results.get(timeout=OPEN_TIMEOUT)
+        tally["client_cpu_seconds"] = round(client_cpu, 2)
         self._process.join(OPEN_TIMEOUT)
         self.load = ConsoleLoad(self.streams, **tally)
