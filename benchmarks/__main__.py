@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks import machine, scale, unary, watch
+from benchmarks import machine, scale, unary, watch, webhooks
 from benchmarks.consoles import OpenConsoles
 from tests.servers import ServerProcess
 
@@ -64,8 +64,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--phases",
-        default="unary,watch,scale,durability",
-        help="comma-separated subset of unary,watch,scale,durability",
+        default="unary,watch,scale,durability,webhooks",
+        help="comma-separated subset of unary,watch,scale,durability,webhooks",
     )
     return parser.parse_args()
 
@@ -177,6 +177,11 @@ def main() -> None:
                 report["scale"] = [asdict(r) | {"ratio": r.ratio} for r in depth]
             finally:
                 server.stop()
+        if "webhooks" in phases:
+            _phase("webhooks: CreateTask with one webhook, and deliveries to a local receiver")
+            report["webhooks"] = asdict(
+                webhooks.run(workdir, settings, tuple(shlex.split(args.server_args)))
+            )
         if "durability" in phases and not args.smoke:
             _phase("durability: CreateTask with synchronous=NORMAL vs FULL")
             report["durability"] = durability(workdir, settings)
@@ -391,6 +396,15 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{r['filter']:<18}{r['first_page_ms']:>10.2f}{r['deep_page_ms']:>10.2f}"
                 f"{r['depth']:>7}{r['ratio']:>12.2f}  {verdict}"
             )
+    if "webhooks" in report:
+        w = report["webhooks"]
+        print(
+            f"\nwebhooks: CreateTask {w['create_ratio']:.2f} of the empty RPC "
+            f"({w['create_cpu_us']:.0f} µs CPU/call), with one webhook "
+            f"{w['create_with_webhook_ratio']:.2f} ({w['create_with_webhook_cpu_us']:.0f} µs); "
+            f"delivered {w['delivered_under_load_per_second']:.0f}/s under that load, the backlog "
+            f"at {w['drain_per_second']:.0f}/s ({w['delivered']} in all)"
+        )
     if "durability" in report:
         d = report["durability"]
         print(

@@ -41,6 +41,8 @@ class ClientJob:
     duration: float
     concurrency: int
     task_ids: list[str] = field(default_factory=list)
+    # CreateTask+webhook: the URL of each created task's one webhook.
+    webhook_url: str = ""
 
 
 @dataclass
@@ -87,6 +89,14 @@ async def _load(job: ClientJob) -> ClientResult:
             while True:
                 task = pb.Task(task_type="flink_sql", task_name="bench", tags=["bench"])
                 task.submitted_configs.update({"sql": "INSERT INTO t SELECT 1", "parallelism": 2})
+                yield lambda task=task: _created(stub.CreateTask(pb.CreateTaskRequest(task=task)))
+        elif job.method == "CreateTask+webhook":
+            while True:
+                task = pb.Task(task_type="flink_sql", task_name="bench", tags=["bench"])
+                task.submitted_configs.update({"sql": "INSERT INTO t SELECT 1", "parallelism": 2})
+                task.notification_config.update(
+                    {"webhooks": [{"url": job.webhook_url, "event_types": ["CREATED"]}]}
+                )
                 yield lambda task=task: _created(stub.CreateTask(pb.CreateTaskRequest(task=task)))
         elif job.method == "GetTask":
             for task_id in ids:
@@ -175,11 +185,15 @@ def measure(
     warmup: float,
     duration: float,
     task_ids: list[str],
+    webhook_url: str = "",
 ) -> list[str]:
     """Runs `clients` client processes against one method for one round, adds what they saw to
     `tally`, and returns the ids created (CreateTask)."""
     shares = [task_ids[i::clients] for i in range(clients)] if task_ids else [[]] * clients
-    jobs = [ClientJob(address, method, warmup, duration, concurrency, share) for share in shares]
+    jobs = [
+        ClientJob(address, method, warmup, duration, concurrency, share, webhook_url)
+        for share in shares
+    ]
     cpu_before = cpu_seconds(server_pid)
     results: list[ClientResult] = pool.map(run_client, jobs)
     tally.cpu_seconds += cpu_seconds(server_pid) - cpu_before

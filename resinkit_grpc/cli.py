@@ -24,6 +24,8 @@ from sqlalchemy.exc import DBAPIError
 
 from resinkit_grpc import tasks_cli
 from resinkit_grpc.config import Settings
+from resinkit_grpc.notify.schedule import schedule_problem
+from resinkit_grpc.notify.secrets import SecretsError
 from resinkit_grpc.observe import logs
 from resinkit_grpc.observe.tracing import TracingUnavailable
 from resinkit_grpc.security.tls import TLSError
@@ -362,6 +364,62 @@ OPTIONS = [
         any_text,
         serve_only=True,
     ),
+    Option(
+        "--webhook-secrets-file",
+        "webhook_secrets_file",
+        str,
+        "webhook signing secrets (TOML: [[secrets]] id, secret), re-read when it changes",
+        any_text,
+        serve_only=True,
+    ),
+    Option(
+        "--webhook-allow-private",
+        "webhook_allow_private",
+        boolean,
+        "deliver webhooks to loopback, private and link-local addresses too",
+        any_text,
+        serve_only=True,
+    ),
+    Option(
+        "--webhook-timeout",
+        "webhook_timeout",
+        float,
+        "seconds one webhook delivery attempt may take (0.1 to 300)",
+        between(0.1, 300),
+        serve_only=True,
+    ),
+    Option(
+        "--webhook-retry-schedule",
+        "webhook_retry_schedule",
+        str,
+        "pauses after each failed delivery attempt (5s,5m,30m,...; none: no retries)",
+        schedule_problem,
+        serve_only=True,
+    ),
+    Option(
+        "--webhook-concurrency",
+        "webhook_concurrency",
+        int,
+        "webhook delivery attempts in flight at once in this replica (1 to 1000)",
+        between(1, 1000),
+        serve_only=True,
+    ),
+    Option(
+        "--webhook-per-host",
+        "webhook_per_host",
+        int,
+        "webhook delivery attempts in flight at once to one host (1 to 1000)",
+        between(1, 1000),
+        serve_only=True,
+    ),
+    Option(
+        "--webhook-poll-interval",
+        "webhook_poll_interval",
+        float,
+        "seconds between looks for due webhook deliveries, besides wake-ups (0.05 to 60)",
+        between(0.05, 60),
+        serve_only=True,
+    ),
 ]
 
 
@@ -516,6 +574,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         TLSError,
         TracingUnavailable,
         TokensError,
+        SecretsError,
     ) as exc:
         sys.exit(f"resinkit-grpc: error: {exc}")
     except DBAPIError as exc:

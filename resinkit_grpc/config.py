@@ -74,3 +74,16 @@ class Settings:
     console_address: str = ""
     # OpenTelemetry traces (the otel extra), configured by the standard OTEL_* variables.
     otel: bool = False
+    # Webhooks (notify/): the signing secrets (TOML: id, secret), re-read when the file changes.
+    webhook_secrets_file: str = ""
+    # Deliver to loopback, private and link-local addresses too (internal receivers, tests).
+    webhook_allow_private: bool = False
+    # Seconds one delivery attempt may take, connection included.
+    webhook_timeout: float = 15.0
+    # The pauses after each failed attempt (see notify/schedule.py); "none": no retries.
+    webhook_retry_schedule: str = "5s,5m,30m,2h,5h,10h,10h"
+    # Attempts in flight at once in this replica, and to any one host.
+    webhook_concurrency: int = 32
+    webhook_per_host: int = 4
+    # Seconds between looks for due deliveries besides the wake-ups on commit.
+    webhook_poll_interval: float = 1.0

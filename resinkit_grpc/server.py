@@ -19,12 +19,16 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from resinkit_grpc.api.gate import ShutdownGate, drain
 from resinkit_grpc.api.health import Health
 from resinkit_grpc.api.page_tokens import PageTokens
+from resinkit_grpc.api.parse import WebhookRules
 from resinkit_grpc.api.registration import add_health_service, add_task_service
 from resinkit_grpc.api.servicer import TaskService
 from resinkit_grpc.api.status import log_unexpected
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import ResinkitError
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.notify.metrics import DeliveryMetrics
+from resinkit_grpc.notify.secrets import WebhookSecrets
+from resinkit_grpc.notify.worker import DeliveryWorker
 from resinkit_grpc.observe import service as service_metrics
 from resinkit_grpc.observe import tracing
 from resinkit_grpc.observe.http import MetricsEndpoint, new_registry
@@ -86,6 +90,10 @@ class Server:
             authenticator = Authenticator(tokens, protect_reflection=settings.auth_reflection)
         if settings.otel:
             tracing.available()  # one line without the extra, before anything is touched
+        # SecretsError: one line, before anything is touched.
+        self.webhook_secrets = WebhookSecrets(
+            Path(settings.webhook_secrets_file) if settings.webhook_secrets_file else None
+        )
         self.database = Database(settings)
         interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
         # Outermost: calls the gate or authentication refuse are counted and logged too.
@@ -115,6 +123,12 @@ class Server:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.watches = Watches(self.database, settings)
+        self.deliveries = DeliveryWorker(
+            self.database,
+            settings,
+            self.webhook_secrets,
+            None if self.registry is None else DeliveryMetrics(self.registry, self.database),
+        )
         self.port = 0
         self.metrics: MetricsEndpoint | None = None
         self.console: Any = None  # console.app.Console, with --console-address
@@ -134,6 +148,12 @@ class Server:
             page_tokens,
             self.watches,
             mutual_tls=bool(self.settings.tls_client_ca),
+            webhooks=WebhookRules(
+                allow_private=self.settings.webhook_allow_private,
+                known_secret=self.webhook_secrets.knows
+                if self.webhook_secrets.configured
+                else lambda _: False,
+            ),
         )
         add_task_service(service, self.grpc_server)
         add_health_service(self.health, self.grpc_server)
@@ -172,6 +192,7 @@ class Server:
         # collector's way, and collect less often. Full collections walking every object
         # were the tail of watch delivery latency (and of unary p99) under load.
         self._purging = asyncio.create_task(self._purge_request_ids(), name="purge-request-ids")
+        await self.deliveries.start()
         if self.settings.expire_tasks:
             self._jobs.append(asyncio.create_task(self._expire_due_tasks(), name="expiry"))
         if self.settings.retention:
@@ -183,7 +204,7 @@ class Server:
         print(f"serving on {host}:{self.port}", flush=True)
 
     async def _start_console(self, page_tokens: PageTokens) -> None:
-        # Imported here: a server without a console never loads aiohttp.
+        # Imported here: a server without a console never loads its package.
         from resinkit_grpc.console.app import Access, Console, ssl_context
 
         settings = self.settings
@@ -291,6 +312,10 @@ class Server:
         await self.watches.close()
         if self.console is not None:
             await self.console.stop()
+        # Attempts in flight may finish (else their leases run out and they are made again).
+        await self.deliveries.close(
+            min(self.settings.webhook_timeout, self.settings.grace_period / 2)
+        )
         # New calls meet the gate (UNAVAILABLE) until they stop coming, rather than stop(),
         # which cancels what its transport accepted: half the grace period at most.
         began = asyncio.get_running_loop().time()
@@ -314,6 +339,7 @@ class Server:
         await self.watches.close()
         if self.console is not None:
             await self.console.stop()
+        await self.deliveries.close(0)
         await self.grpc_server.stop(0)
         self._close_metrics()
         await asyncio.to_thread(self.database.close)

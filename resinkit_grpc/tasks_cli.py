@@ -24,6 +24,8 @@ from typing import Any
 from resinkit_grpc import tasks_output as out
 from resinkit_grpc.client import (
     ClientError,
+    Delivery,
+    DeliveryState,
     RetryPolicy,
     Task,
     TaskClient,
@@ -57,6 +59,15 @@ def status_name(text: str) -> TaskStatus:
         choices = ", ".join(TaskStatus.__members__)
         raise argparse.ArgumentTypeError(f"{text!r} is not a status (one of {choices})")
     return TaskStatus(name)
+
+
+def delivery_state(text: str) -> DeliveryState:
+    """DEAD, dead or DELIVERY_STATE_DEAD."""
+    name = text.strip().upper().removeprefix("DELIVERY_STATE_")
+    if name not in DeliveryState.__members__:
+        choices = ", ".join(DeliveryState.__members__)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a delivery state (one of {choices})")
+    return DeliveryState(name)
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -220,6 +231,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     events.add_argument("task_id", nargs="?", metavar="ID")
     events.add_argument("--event-type", action="append", default=[], help="e.g. STATUS_CHANGE")
     _limit_flags(events, "events")
+
+    sent = command(
+        "deliveries", "the webhook deliveries of a task (or of all), oldest first", run_deliveries
+    )
+    sent.add_argument("task_id", nargs="?", metavar="ID")
+    sent.add_argument(
+        "--state",
+        type=delivery_state,
+        action="append",
+        default=[],
+        help="PENDING, DELIVERED, DEAD or DISABLED (repeat for several)",
+    )
+    _limit_flags(sent, "deliveries")
+    again = command("redeliver", "send a task's dead and disabled deliveries again", run_redeliver)
+    again.add_argument("task_id", metavar="ID")
+    again_range = command(
+        "redeliver-events",
+        "send the dead deliveries of the events FIRST..LAST again (admin)",
+        run_redeliver_events,
+    )
+    again_range.add_argument("first_event_id", type=count, metavar="FIRST")
+    again_range.add_argument("last_event_id", type=count, metavar="LAST")
 
     watch = command("watch", "print events as they commit, until Ctrl-C", run_watch)
     watch.add_argument("--task", action="append", default=[], help="a task id")
@@ -483,6 +516,47 @@ def run_events(args: argparse.Namespace) -> int:
             args.task_id, event_types=event_types, page_size=page_size(args)
         )
         show_many(args, events, out.EVENTS, out.event_row, "events")
+    return EXIT_OK
+
+
+def run_deliveries(args: argparse.Namespace) -> int:
+    with client_from(args) as client:
+
+        def every() -> Iterator[Delivery]:
+            token: str | None = None
+            while True:
+                page = client.list_deliveries(
+                    args.task_id, states=args.state, page_size=page_size(args), page_token=token
+                )
+                yield from page.items
+                if not page.next_page_token:
+                    return
+                token = page.next_page_token
+
+        show_many(args, every(), out.DELIVERIES, out.delivery_row, "deliveries")
+    return EXIT_OK
+
+
+def run_redeliver(args: argparse.Namespace) -> int:
+    with client_from(args) as client:
+        again = client.redeliver_task(args.task_id)
+    if wants_json(args):
+        for delivery in again:
+            print(out.as_json(delivery))
+    else:
+        print(f"{len(again)} deliveries of {args.task_id} will be sent again")
+    return EXIT_OK
+
+
+def run_redeliver_events(args: argparse.Namespace) -> int:
+    if args.last_event_id < args.first_event_id:
+        raise UsageError("LAST must be at least FIRST")
+    with client_from(args) as client:
+        count = client.redeliver_events(args.first_event_id, args.last_event_id)
+    print(
+        f"{count} dead deliveries of events {args.first_event_id}..{args.last_event_id} "
+        "will be sent again"
+    )
     return EXIT_OK
 
 

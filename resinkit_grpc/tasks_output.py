@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from resinkit_grpc.client import Task, TaskEvent
+from resinkit_grpc.client import Delivery, Task, TaskEvent
 
 ELLIPSIS = "…"
 GAP = "  "  # between columns
@@ -55,6 +55,12 @@ class Layout:
 
 TASKS = Layout(("ID", "TYPE", "STATUS", "PRI", "NAME", "TAGS", "UPDATED"), (4, 5), (0,), (5, 3, 4))
 EVENTS = Layout(("EVENT", "TASK", "TYPE", "STATUS", "ACTOR", "TIME", "DATA"), (6,), (0, 1), (6, 4))
+DELIVERIES = Layout(
+    ("DELIVERY", "TASK", "EVENT", "STATE", "TRIES", "HTTP", "URL", "LAST ERROR", "NEXT"),
+    (6, 7),
+    (0, 1),
+    (7, 8, 5),
+)
 # A watch prints rows as they come, so its widths are set up front (then fitted).
 WATCH_WIDTHS = (8, 36, 13, 23, 14, 22, 400)
 
@@ -65,14 +71,16 @@ def json_value(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):
-        return list(value)
+        return [json_value(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 
-def as_json(item: Task | TaskEvent) -> str:
-    """One line: the task or event as a JSON object, every field in the client's order."""
-    fields = {f.name: json_value(getattr(item, f.name)) for f in dataclasses.fields(item)}
-    return json.dumps(fields, ensure_ascii=False)
+def as_json(item: Task | TaskEvent | Delivery) -> str:
+    """One line: the task, event or delivery as a JSON object, every field in the client's
+    order."""
+    return json.dumps(json_value(item), ensure_ascii=False)
 
 
 def relative(value: datetime, now: datetime) -> str:
@@ -191,6 +199,20 @@ def event_row(event: TaskEvent, now: datetime) -> list[str]:
         event.actor or "",
         short_when(event.timestamp, now),
         compact(event.event_data) if event.event_data else "",
+    ]
+
+
+def delivery_row(delivery: Delivery, now: datetime) -> list[str]:
+    return [
+        str(delivery.delivery_id),
+        delivery.task_id,
+        str(delivery.event_id),
+        delivery.state.value,
+        str(delivery.attempts),
+        str(delivery.last_status_code or ""),
+        delivery.url,
+        delivery.last_error or "",
+        short_when(delivery.next_attempt_at, now) if delivery.next_attempt_at else "",
     ]
 
 

@@ -23,7 +23,8 @@ from typing import IO, Any
 import pytest
 
 from resinkit_grpc import cli
-from resinkit_grpc.client import RetryPolicy, TaskClient, TaskStatus
+from resinkit_grpc.client import DeliveryState, RetryPolicy, TaskClient, TaskStatus
+from tests.receivers import Answer, Received, Receiver
 from tests.servers import ServerProcess, run_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -433,3 +434,49 @@ def test_the_tasks_command_loads_no_server_code() -> None:
         name for name in ours if name.startswith(allowed)
     }
     assert "sqlalchemy" not in loaded
+
+
+def test_deliveries_and_redeliver_show_and_resend_a_tasks_webhooks(
+    start_server: Callable[..., ServerProcess], unique: Callable[[str], str]
+) -> None:
+    server = start_server(
+        "--webhook-allow-private",
+        "--webhook-retry-schedule",
+        "none",
+        "--webhook-poll-interval",
+        "0.1",
+    )
+    answers = [503]
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        return Answer(answers[0])
+
+    with Receiver(policy) as receiver, TaskClient(server.address) as client:
+        task = client.create_task(
+            task_type="cli-hooks",
+            task_id=unique("cli-hooks"),
+            notification_config={"webhooks": [{"url": receiver.url}]},
+        )
+        deadline = time.monotonic() + 20
+        while not client.list_deliveries(task.task_id, states=[DeliveryState.DEAD]).items:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        shown = rows(ok(tasks(server.address, "deliveries", task.task_id, "--state", "dead")))
+        assert [(r["TASK"], r["STATE"], r["TRIES"], r["HTTP"]) for r in shown] == [
+            (task.task_id, "DEAD", "1", "503")
+        ]
+        answers[0] = 204
+        again = json_lines(tasks(server.address, "redeliver", task.task_id, "--json"))
+        assert [(d["state"], d["attempts"]) for d in again] == [("PENDING", 0)]
+        receiver.wait_for(lambda got: len(got) == 2)
+        while client.list_deliveries(task.task_id).items[0].state is not DeliveryState.DELIVERED:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (listed,) = json_lines(tasks(server.address, "deliveries", task.task_id, "--json"))
+        assert listed["state"] == "DELIVERED" and listed["webhook_id"] == again[0]["webhook_id"]
+        history = json_lines(tasks(server.address, "events", task.task_id, "--json"))
+        assert history[0]["deliveries"][0]["state"] == "DELIVERED"
+        done = tasks(server.address, "redeliver-events", "1", str(history[-1]["event_id"]))
+        assert ok(done).startswith("0 dead deliveries")
+        refused = tasks(server.address, "deliveries", "--state", "lost")
+        assert refused.returncode == 2 and "not a delivery state" in refused.stderr

@@ -284,8 +284,14 @@ def test_a_request_that_cannot_be_decoded_is_invalid_argument_not_unknown(
     channel = server.channel()
     assert pb.CreateTaskRequest.FromString(nested_struct_request(8)).task.submitted_configs
     methods = [m.name for m in pb.DESCRIPTOR.services_by_name["TaskService"].methods]
+    service = pb.DESCRIPTOR.services_by_name["TaskService"]
     for method in methods:
         payloads = dict(UNDECODABLE_PAYLOADS)
+        first = service.methods_by_name[method].input_type.fields_by_number[1]
+        if first.type not in (first.TYPE_STRING, first.TYPE_MESSAGE):
+            # Field 1 is a number: length-delimited data there is an unknown field, which
+            # protobuf keeps without looking inside, so nothing is there to be bad UTF-8.
+            del payloads["bad UTF-8"]
         if method == "CreateTask":  # the request with a JSON field at its top
             payloads["nested 64 deep"] = nested_struct_request(64)
         path = f"/resinkit.v1.TaskService/{method}"

@@ -15,9 +15,12 @@ from typing import Any
 
 import grpc
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from resinkit_grpc.notify.secrets import new_secret
+from tests.receivers import Receiver
 from tests.servers import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +75,9 @@ def oldest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_server_runs_on_the_oldest_allowed_dependencies(
     oldest: Path, new_database_url: Any, tmp_path: Path
 ) -> None:
+    secret = new_secret()
+    secrets = tmp_path / "webhook-secrets.toml"
+    secrets.write_text(f'[[secrets]]\nid = "oldest"\nsecret = "{secret}"\n')
     server = ServerProcess(
         new_database_url(),
         tmp_path,
@@ -81,15 +87,28 @@ def test_the_server_runs_on_the_oldest_allowed_dependencies(
         "127.0.0.1:0",
         "--heartbeat-interval",
         "0.2",
+        "--webhook-allow-private",
+        "--webhook-secrets-file",
+        str(secrets),
     )
     server.command = [str(oldest), "-m", "resinkit_grpc", "serve"]
     server.env["PYTHONPATH"] = ""  # nothing from this checkout: the installed package only
     server.cwd = tmp_path
     server.start()
     try:
-        with grpc.insecure_channel(server.address) as channel:
+        with grpc.insecure_channel(server.address) as channel, Receiver() as receiver:
             stub = pb_grpc.TaskServiceStub(channel)
-            made = stub.CreateTask(pb.CreateTaskRequest(task=pb.Task(task_type="oldest")))
+            task = pb.Task(task_type="oldest")
+            task.notification_config.update(
+                {"webhooks": [{"url": receiver.url, "secret_id": "oldest"}]}
+            )
+            made = stub.CreateTask(pb.CreateTaskRequest(task=task))
+            # The oldest aiohttp sent it, the oldest standardwebhooks signed it.
+            receiver.wait_for(lambda got: len(got) == 1)
+            delivered = Webhook(secret).verify(
+                receiver.requests[0].body, receiver.requests[0].headers
+            )
+            assert delivered["data"]["task"]["taskId"] == made.task_id
             assert stub.GetTask(pb.GetTaskRequest(task_id=made.task_id)) == made
             watched = stub.WatchTaskEvents(
                 pb.WatchTaskEventsRequest(task_ids=[made.task_id], after_event_id=0), timeout=10

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from alembic.script import ScriptDirectory
 from google.rpc import error_details_pb2
 from sqlalchemy import Connection, create_engine, text, update
 from sqlalchemy.pool import NullPool
@@ -26,11 +27,13 @@ from sqlalchemy.pool import NullPool
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
 from resinkit_grpc.store import tasks as store_tasks
+from resinkit_grpc.store.migrations import alembic_config
 from tests.rpc import create, detail, error_reason, rpc_error
 from tests.servers import ServerProcess, run_cli
 from tests.watching import Watcher, matching
 
 FAST = ("--heartbeat-interval", "0.2")
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 EXPIRY = ("--expire-tasks", "--expiry-interval", "0.05")
 
 
@@ -228,7 +231,7 @@ def test_purge_refuses_bad_durations_and_unmigrated_databases(tmp_path: Any) -> 
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "resinkit-grpc: error: the database is at revision none (empty), behind this "
-        "version's 0004: run `resinkit-grpc migrate upgrade` first"
+        f"version's {HEAD}: run `resinkit-grpc migrate upgrade` first"
     ]
     for flag, value in (
         ("--retention", "12"),

@@ -148,3 +148,26 @@ def _value(value: struct_pb2.Value, depth: int) -> Any:
             raise UnstorableJSON(f"is nested more than {MAX_JSON_DEPTH} levels deep")
         return [_value(item, depth + 1) for item in value.list_value.values]
     return None
+
+
+_DELIVERY_TIMES = ("next_attempt_at", "last_attempt_at", "delivered_at", "created_at")
+
+
+def fill_delivery(delivery: pb.Delivery, row: dict[str, Any]) -> None:
+    """A webhook_deliveries row (store/deliveries.py) into a message."""
+    delivery.delivery_id = row["delivery_id"]
+    delivery.task_id = row["task_id"]
+    delivery.event_id = row["event_id"]
+    delivery.url = row["url"]
+    delivery.webhook_id = row["message_id"]
+    delivery.state = pb.DeliveryState.Value(f"DELIVERY_STATE_{row['state']}")
+    delivery.attempts = row["attempts"]
+    if row["secret_id"] is not None:
+        delivery.secret_id = row["secret_id"]
+    if row["last_status_code"] is not None:
+        delivery.last_status_code = row["last_status_code"]
+    if row["last_error"] is not None:
+        delivery.last_error = row["last_error"]
+    for name in _DELIVERY_TIMES:
+        if row[name] is not None:
+            set_timestamp(getattr(delivery, name), row[name])

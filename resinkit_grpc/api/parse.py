@@ -21,6 +21,8 @@ from resinkit_grpc.api.page_tokens import PageTokens, fingerprint
 from resinkit_grpc.api.task_ids import new_task_id
 from resinkit_grpc.errors import FieldViolation, InvalidArgument
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.notification_config import InvalidConfig
+from resinkit_grpc.notification_config import parse as parse_notification_config
 from resinkit_grpc.rules import EventType
 from resinkit_grpc.store.tasks import (
     MUTABLE_FIELDS,
@@ -178,7 +180,18 @@ def page_size(value: int, field: str = "page_size") -> int:
     return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def create_task(request: pb.CreateTaskRequest) -> NewTask:
+@dataclass(frozen=True)
+class WebhookRules:
+    """What a notification_config may name on this server (see notification_config.parse)."""
+
+    allow_private: bool = True
+    known_secret: Callable[[str], bool] | None = None
+
+
+ANY_WEBHOOK = WebhookRules()
+
+
+def create_task(request: pb.CreateTaskRequest, webhooks: WebhookRules = ANY_WEBHOOK) -> NewTask:
     problems = Violations()
     task = request.task
     new_id = request.task_id or task.task_id
@@ -212,7 +225,7 @@ def create_task(request: pb.CreateTaskRequest) -> NewTask:
         description=optional_text(task.description),
         priority=task.priority,
         submitted_configs=configs,
-        notification_config=_struct(problems, task, "notification_config"),
+        notification_config=_notification_config(problems, task, webhooks),
         execution_details=_struct(problems, task, "execution_details"),
         progress_details=_struct(problems, task, "progress_details"),
         tags=_tags(problems, task.tags),
@@ -272,7 +285,7 @@ class TaskUpdate:
     caller: Caller
 
 
-def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
+def update_task(request: pb.UpdateTaskRequest, webhooks: WebhookRules = ANY_WEBHOOK) -> TaskUpdate:
     task = request.task
     the_id = task_id(task.task_id, "task.task_id")
     if len(request.update_mask.paths) > MAX_MASK_PATHS:
@@ -302,6 +315,7 @@ def update_task(request: pb.UpdateTaskRequest) -> TaskUpdate:
         "priority": lambda: task.priority,
         "tags": lambda: _tags(problems, task.tags),
         "expires_at": lambda: _timestamp(problems, task, "expires_at"),
+        "notification_config": lambda: _notification_config(problems, task, webhooks),
     }
     changes = {
         path: readers[path]() if path in readers else _struct(problems, task, path)
@@ -446,6 +460,52 @@ def list_task_events(request: pb.ListTaskEventsRequest, tokens: PageTokens) -> E
     return EventPage(the_id, types, after, size, digest)
 
 
+@dataclass(frozen=True)
+class DeliveryPage:
+    task_id: str | None
+    states: tuple[str, ...]
+    after_delivery_id: int
+    page_size: int
+    fingerprint: str
+
+
+def list_deliveries(request: pb.ListDeliveriesRequest, tokens: PageTokens) -> DeliveryPage:
+    the_id = task_id(request.task_id) if request.task_id else None
+    if len(request.states) > MAX_FILTER_VALUES:
+        raise InvalidArgument.one("states", f"at most {MAX_FILTER_VALUES} values")
+    states = set()
+    for state in request.states:
+        if state == pb.DELIVERY_STATE_UNSPECIFIED or state not in pb.DeliveryState.values():
+            raise InvalidArgument.one(
+                "states", f"{state} is not a DeliveryState (PENDING, DELIVERED, DEAD, DISABLED)"
+            )
+        states.add(pb.DeliveryState.Name(state).removeprefix("DELIVERY_STATE_"))
+    chosen = tuple(sorted(states))
+    size = page_size(request.page_size)
+    digest = fingerprint("deliveries", the_id, chosen)
+    after = 0
+    if len(request.page_token) > MAX_PAGE_TOKEN_LENGTH:
+        raise InvalidArgument.one("page_token", "is not a page token this service issued")
+    if request.page_token:
+        position = tokens.decode(request.page_token, digest)
+        if len(position) != 1 or not isinstance(position[0], int):
+            raise InvalidArgument.one("page_token", "is not a page token this service issued")
+        after = position[0]
+    return DeliveryPage(the_id, chosen, after, size, digest)
+
+
+def event_range(request: pb.RedeliverEventsRequest) -> tuple[int, int]:
+    problems = Violations()
+    problems.check(request.first_event_id >= 1, "first_event_id", "must be at least 1")
+    problems.check(
+        request.last_event_id >= request.first_event_id,
+        "last_event_id",
+        "must be at least first_event_id",
+    )
+    problems.raise_if_any()
+    return request.first_event_id, request.last_event_id
+
+
 def event_types(values: Sequence[str], field: str = "event_types") -> tuple[str, ...]:
     if len(values) > MAX_FILTER_VALUES:
         raise InvalidArgument.one(field, f"at most {MAX_FILTER_VALUES} values")
@@ -509,6 +569,21 @@ def _struct(
     except UnstorableJSON as error:
         problems.add(prefix + name, str(error))
         return None
+
+
+def _notification_config(
+    problems: Violations, task: pb.Task, rules: WebhookRules
+) -> dict[str, Any] | None:
+    """The task's notification_config, checked against its schema (notification_config.py)."""
+    config = _struct(problems, task, "notification_config")
+    try:
+        parse_notification_config(
+            config, allow_private=rules.allow_private, known_secret=rules.known_secret
+        )
+    except InvalidConfig as error:
+        for problem in error.problems:
+            problems.add(f"task.notification_config.{problem.field}", problem.description)
+    return config
 
 
 def _timestamp(

@@ -13,6 +13,7 @@ import grpc
 from resinkit_grpc.api import parse
 from resinkit_grpc.api.convert import (
     event_to_proto,
+    fill_delivery,
     fill_task,
     heartbeat,
     task_to_proto,
@@ -29,7 +30,8 @@ from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
 from resinkit_grpc.security.auth import current_caller, token_withdrawn
 from resinkit_grpc.security.tls import principal_of
-from resinkit_grpc.store import events, tasks
+from resinkit_grpc.store import deliveries, events, tasks
+from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.watch.items import LogEvent, Passed
 from resinkit_grpc.watch.watches import Watches, WatchRequest
@@ -45,7 +47,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
         watches: Watches,
         *,
         mutual_tls: bool = False,
+        webhooks: parse.WebhookRules = parse.ANY_WEBHOOK,
     ) -> None:
+        self._webhooks = webhooks
         self._db = database
         self._tokens = page_tokens
         self._watches = watches
@@ -71,7 +75,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
 
     @translate_errors
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.Task:
-        new = parse.create_task(request)
+        new = parse.create_task(request, self._webhooks)
         if (caller := self._authenticated(context)) is not None:
             new = dataclasses.replace(new, created_by=caller, actor=caller)
         row = await self._db.write(tasks.create_task, new)
@@ -107,7 +111,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
 
     @translate_errors
     async def UpdateTask(self, request: pb.UpdateTaskRequest, context: Context) -> pb.Task:
-        update = parse.update_task(request)
+        update = parse.update_task(request, self._webhooks)
         row = await self._db.write(
             tasks.update_task,
             update.task_id,
@@ -164,15 +168,70 @@ class TaskService(pb_grpc.TaskServiceServicer):
             limit=page.page_size + 1,
         )
         rows = found.rows
+        shown = rows[: page.page_size]
+        # A task's history shows each event's webhook deliveries beside it.
+        sent_to: dict[int, list[dict[str, Any]]] = {}
+        if page.task_id is not None and shown:
+            for delivery in await self._db.read(
+                deliveries.deliveries_of_events,
+                page.task_id,
+                shown[0]["event_id"],
+                shown[-1]["event_id"],
+            ):
+                sent_to.setdefault(delivery["event_id"], []).append(delivery)
+
+        def fill(event: pb.TaskEvent, row: dict[str, Any]) -> None:
+            event.CopyFrom(event_to_proto(LogEvent.from_row(row)))
+            for delivery in sent_to.get(row["event_id"], ()):
+                fill_delivery(event.deliveries.add(), delivery)
+
         response = pb.ListTaskEventsResponse()
-        sent = _fill_bounded(
-            response.events,
-            rows[: page.page_size],
-            lambda event, row: event.CopyFrom(event_to_proto(LogEvent.from_row(row))),
-        )
+        sent = _fill_bounded(response.events, shown, fill)
         if sent < len(rows) or not found.complete:
             position = [rows[sent - 1]["event_id"]]
             response.next_page_token = self._tokens.encode(page.fingerprint, position)
+        return response
+
+    @translate_errors
+    async def ListDeliveries(
+        self, request: pb.ListDeliveriesRequest, context: Context
+    ) -> pb.ListDeliveriesResponse:
+        page = parse.list_deliveries(request, self._tokens)
+        rows = await self._db.read(
+            deliveries.list_deliveries,
+            page.task_id,
+            page.states,
+            after_delivery_id=page.after_delivery_id,
+            limit=page.page_size + 1,
+        )
+        response = pb.ListDeliveriesResponse()
+        sent = _fill_bounded(response.deliveries, rows[: page.page_size], fill_delivery)
+        if sent < len(rows):
+            position = [rows[sent - 1]["delivery_id"]]
+            response.next_page_token = self._tokens.encode(page.fingerprint, position)
+        return response
+
+    @translate_errors
+    async def RedeliverTask(
+        self, request: pb.RedeliverTaskRequest, context: Context
+    ) -> pb.RedeliverTaskResponse:
+        the_id = parse.task_id(request.task_id)
+        rows = await self._db.write(deliveries.redeliver_task, the_id, utcnow())
+        response = pb.RedeliverTaskResponse()
+        _fill_bounded(response.deliveries, rows, fill_delivery)
+        return response
+
+    @translate_errors
+    async def RedeliverEvents(
+        self, request: pb.RedeliverEventsRequest, context: Context
+    ) -> pb.RedeliverEventsResponse:
+        first, last = parse.event_range(request)
+        done = await self._db.write(
+            deliveries.redeliver_range, first, last, utcnow(), REDELIVER_BATCH
+        )
+        response = pb.RedeliverEventsResponse(redelivered_count=done.count)
+        if done.last_event_id is not None and done.last_event_id < last:
+            response.next_event_id = done.last_event_id + 1
         return response
 
     async def WatchTaskEvents(  # type: ignore[override]
@@ -201,6 +260,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
                             await abort(context, ending)
                         return
 
+
+# Deliveries one RedeliverEvents call makes pending again at most (one short transaction).
+REDELIVER_BATCH = 1000
 
 # What one page's items may take of a response: a default client refuses messages over 4 MiB.
 # A single item always fits (a task is at most about 3.1 MiB, see parse.MAX_JSON_FIELD_BYTES).

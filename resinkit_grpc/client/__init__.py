@@ -35,6 +35,8 @@ from resinkit_grpc.client.errors import (
 from resinkit_grpc.client.retry import NO_RETRIES, RetryPolicy
 from resinkit_grpc.client.sync import TaskClient, Watch
 from resinkit_grpc.client.types import (
+    Delivery,
+    DeliveryState,
     Heartbeat,
     Page,
     Task,
@@ -53,6 +55,8 @@ __all__ = [
     "ChannelSettings",
     "ClientError",
     "DeadlineExceeded",
+    "Delivery",
+    "DeliveryState",
     "EtagMismatch",
     "EventsPurged",
     "FailedPrecondition",

@@ -17,7 +17,16 @@ from resinkit_grpc.client.channels import ChannelSettings
 from resinkit_grpc.client.core import ClientCore, new_request_id
 from resinkit_grpc.client.errors import ClientError, DeadlineExceeded, WaitTimeout, from_rpc_error
 from resinkit_grpc.client.retry import Attempts
-from resinkit_grpc.client.types import Page, Task, TaskEvent, TaskFilter, TaskStatus, TaskView
+from resinkit_grpc.client.types import (
+    Delivery,
+    DeliveryState,
+    Page,
+    Task,
+    TaskEvent,
+    TaskFilter,
+    TaskStatus,
+    TaskView,
+)
 from resinkit_grpc.client.watch import WatchCursor
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
@@ -272,6 +281,46 @@ class AsyncTaskClient(ClientCore):
         )
         response = await self._call("ListTaskEvents", request, timeout)
         return Page([wire.event_from_proto(e) for e in response.events], response.next_page_token)
+
+    async def list_deliveries(
+        self,
+        task_id: str | None = None,
+        *,
+        states: Sequence[DeliveryState] = (),
+        page_size: int | None = None,
+        page_token: str | None = None,
+        timeout: float | None = None,
+    ) -> Page[Delivery]:
+        """One page of webhook deliveries in delivery order (of one task, or of all)."""
+        request = wire.list_deliveries_request(
+            task_id, states=states, page_size=page_size, page_token=page_token
+        )
+        response = await self._call("ListDeliveries", request, timeout)
+        return Page(
+            [wire.delivery_from_proto(d) for d in response.deliveries], response.next_page_token
+        )
+
+    async def redeliver_task(self, task_id: str, *, timeout: float | None = None) -> list[Delivery]:
+        """Sends the task's DEAD and DISABLED deliveries again; returns them, pending."""
+        request = pb.RedeliverTaskRequest(task_id=task_id)
+        response = await self._call("RedeliverTask", request, timeout)
+        return [wire.delivery_from_proto(d) for d in response.deliveries]
+
+    async def redeliver_events(
+        self, first_event_id: int, last_event_id: int, *, timeout: float | None = None
+    ) -> int:
+        """Sends the DEAD deliveries of an event-id range again (admin), every call the RPC
+        needs; returns how many."""
+        count = 0
+        while True:
+            request = pb.RedeliverEventsRequest(
+                first_event_id=first_event_id, last_event_id=last_event_id
+            )
+            response = await self._call("RedeliverEvents", request, timeout)
+            count += int(response.redelivered_count)
+            if not response.next_event_id:
+                return count
+            first_event_id = response.next_event_id
 
     # --- built on the RPCs ---
 

@@ -11,7 +11,17 @@ from typing import Any, Generic, TypeVar
 
 from resinkit_grpc.rules import TaskStatus
 
-__all__ = ["Heartbeat", "Page", "Task", "TaskEvent", "TaskFilter", "TaskStatus", "TaskView"]
+__all__ = [
+    "Delivery",
+    "DeliveryState",
+    "Heartbeat",
+    "Page",
+    "Task",
+    "TaskEvent",
+    "TaskFilter",
+    "TaskStatus",
+    "TaskView",
+]
 
 T = TypeVar("T")
 
@@ -55,6 +65,35 @@ class Task:
         return self.status.is_terminal
 
 
+class DeliveryState(enum.Enum):
+    """Where a webhook delivery stands (see the README's "Notifications")."""
+
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    DEAD = "DEAD"
+    DISABLED = "DISABLED"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event sent to one webhook, with how its attempts went."""
+
+    delivery_id: int
+    task_id: str
+    event_id: int
+    url: str
+    webhook_id: str
+    state: DeliveryState
+    attempts: int = 0
+    secret_id: str | None = None
+    next_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    created_at: datetime | None = None
+
+
 @dataclass(frozen=True)
 class TaskEvent:
     """One row of the event log. `event_id` is its global position: resume watches from it."""
@@ -68,6 +107,8 @@ class TaskEvent:
     previous_status: TaskStatus | None = None
     new_status: TaskStatus | None = None
     actor: str | None = None
+    # Its webhook deliveries: filled in a task's history (list_task_events with a task_id).
+    deliveries: tuple[Delivery, ...] = ()
 
 
 @dataclass(frozen=True)

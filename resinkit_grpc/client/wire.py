@@ -9,7 +9,15 @@ from typing import Any, cast
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from resinkit_grpc.client.types import Heartbeat, Task, TaskEvent, TaskFilter, TaskView
+from resinkit_grpc.client.types import (
+    Delivery,
+    DeliveryState,
+    Heartbeat,
+    Task,
+    TaskEvent,
+    TaskFilter,
+    TaskView,
+)
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.rules import TaskStatus
 
@@ -109,6 +117,47 @@ def event_from_proto(message: pb.TaskEvent) -> TaskEvent:
         previous_status=status_from_proto(message.previous_status),
         new_status=status_from_proto(message.new_status),
         actor=message.actor or None,
+        deliveries=tuple(delivery_from_proto(d) for d in message.deliveries),
+    )
+
+
+def delivery_from_proto(message: pb.Delivery) -> Delivery:
+    def moment(name: Any) -> datetime | None:
+        if not message.HasField(name):
+            return None
+        stamp: Any = getattr(message, name)
+        return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+
+    return Delivery(
+        delivery_id=message.delivery_id,
+        task_id=message.task_id,
+        event_id=message.event_id,
+        url=message.url,
+        webhook_id=message.webhook_id,
+        state=DeliveryState(pb.DeliveryState.Name(message.state).removeprefix("DELIVERY_STATE_")),
+        attempts=message.attempts,
+        secret_id=message.secret_id or None,
+        next_attempt_at=moment("next_attempt_at"),
+        last_attempt_at=moment("last_attempt_at"),
+        last_status_code=message.last_status_code or None,
+        last_error=message.last_error or None,
+        delivered_at=moment("delivered_at"),
+        created_at=moment("created_at"),
+    )
+
+
+def list_deliveries_request(
+    task_id: str | None,
+    *,
+    states: Sequence[DeliveryState],
+    page_size: int | None,
+    page_token: str | None,
+) -> pb.ListDeliveriesRequest:
+    return pb.ListDeliveriesRequest(
+        task_id=task_id or "",
+        states=[pb.DeliveryState.Value(f"DELIVERY_STATE_{state.value}") for state in states],
+        page_size=page_size or 0,
+        page_token=page_token or "",
     )
 
 

@@ -24,12 +24,26 @@ SERVICE = "/resinkit.v1.TaskService/"
 METHOD_ROLES = {
     **{
         SERVICE + name: Role.READER
-        for name in ("GetTask", "ListTasks", "ListTaskEvents", "WatchTaskEvents")
+        for name in (
+            "GetTask",
+            "ListTasks",
+            "ListTaskEvents",
+            "WatchTaskEvents",
+            "ListDeliveries",
+        )
     },
     **{
         SERVICE + name: Role.WRITER
-        for name in ("CreateTask", "UpdateTask", "UpdateTaskStatus", "DeleteTask", "UndeleteTask")
+        for name in (
+            "CreateTask",
+            "UpdateTask",
+            "UpdateTaskStatus",
+            "DeleteTask",
+            "UndeleteTask",
+            "RedeliverTask",
+        )
     },
+    SERVICE + "RedeliverEvents": Role.ADMIN,
 }
 HEALTH = "/grpc.health.v1.Health/"
 REFLECTION = "/grpc.reflection."

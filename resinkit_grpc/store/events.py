@@ -22,6 +22,7 @@ from sqlalchemy import (
 
 from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.rules import EventType, TaskStatus
+from resinkit_grpc.store import deliveries
 from resinkit_grpc.store.models import Task, TaskEvent
 from resinkit_grpc.store.prepared import Prepared
 from resinkit_grpc.store.retention import purged_through
@@ -47,6 +48,11 @@ EVENT_FIELDS = (
     "actor",
 )
 INSERT = Prepared(insert(events).values({name: bindparam(name) for name in EVENT_FIELDS}))
+INSERT_RETURNING = (
+    insert(events)
+    .values({name: bindparam(name) for name in EVENT_FIELDS})
+    .returning(events.c.event_id)
+)
 
 # Events carry their task's type (immutable) so watchers can filter on it.
 EVENT_COLUMNS = (*events.c, tasks.c.task_type)
@@ -62,8 +68,11 @@ def append_event(
     previous_status: TaskStatus | None = None,
     new_status: TaskStatus | None = None,
     actor: str | None = None,
+    task: Mapping[str, Any] | None = None,
 ) -> None:
-    """Appends one event; called last in every task operation.
+    """Appends one event; called last in every task operation, with `task` as the operation
+    leaves it: the webhooks of its notification_config that hear the event get their
+    deliveries queued in this same transaction (see store/deliveries.py).
 
     Event ids must become visible in id order, or a watcher tailing `event_id > last` would
     skip an id that commits late. SQLite has one writer at a time, so that holds already. On
@@ -75,18 +84,22 @@ def append_event(
     order (ids of rolled-back transactions are permanent, harmless holes).
     """
     serialize_appends(connection)
-    INSERT.execute(
-        connection,
-        {
-            "task_id": task_id,
-            "event_type": event_type.value,
-            "event_data": None if event_data is None else dict(event_data),
-            "previous_status": None if previous_status is None else previous_status.value,
-            "new_status": None if new_status is None else new_status.value,
-            "timestamp": timestamp,
-            "actor": actor,
-        },
-    )
+    row: dict[str, Any] = {
+        "task_id": task_id,
+        "event_type": event_type.value,
+        "event_data": None if event_data is None else dict(event_data),
+        "previous_status": None if previous_status is None else previous_status.value,
+        "new_status": None if new_status is None else new_status.value,
+        "timestamp": timestamp,
+        "actor": actor,
+    }
+    hooks = [] if task is None else deliveries.hearing(task, event_type, row["new_status"])
+    if task is None or not hooks:
+        INSERT.execute(connection, row)
+        return
+    # The event's id for its deliveries (a task without webhooks never pays for RETURNING).
+    event_id = connection.execute(INSERT_RETURNING, row).scalar_one()
+    deliveries.enqueue(connection, task, hooks, event_id, timestamp)
 
 
 def serialize_appends(connection: Connection) -> None:

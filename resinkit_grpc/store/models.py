@@ -179,3 +179,78 @@ class LogHorizon(Base):
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (CheckConstraint("singleton = 1", name="singleton"),)
+
+
+# The states of a webhook delivery (store/deliveries.py).
+DELIVERY_STATES = ("PENDING", "DELIVERED", "DEAD", "DISABLED")
+_DELIVERY_STATE_NAMES = ", ".join(f"'{state}'" for state in DELIVERY_STATES)
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per event and webhook that hears it, written in the event's own
+    transaction (so neither exists without the other), then claimed, sent and settled by the
+    delivery workers of every replica (notify/worker.py)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    delivery_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    task_id: Mapped[str] = mapped_column(Text, ForeignKey("tasks.task_id"))
+    url: Mapped[str] = mapped_column(Text)
+    secret_id: Mapped[str | None] = mapped_column(Text)
+    # The webhook-id header: the same on every attempt, so receivers de-duplicate on it.
+    message_id: Mapped[str] = mapped_column(Text)
+    # The task's BASIC columns as this event left them (the body's data.task).
+    task_snapshot: Mapped[dict[str, Any]] = mapped_column(JSONString)
+    state: Mapped[str] = mapped_column(String(16), server_default="PENDING")
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # PENDING: when the next attempt is due.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A worker's claim of the attempt in progress: until when, and whose (the claim token).
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_DELIVERY_STATE_NAMES})", name="state"),
+        # A task's deliveries in event order: its history, ListDeliveries, and the rule that a
+        # receiver gets a task's events in order (an earlier pending one holds later ones).
+        Index("ix_webhook_deliveries_task_id", "task_id", "event_id"),
+        # What workers scan: pending deliveries by due time.
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            sqlite_where=text("state = 'PENDING'"),
+            postgresql_where=text("state = 'PENDING'"),
+        ),
+        # What holds a delivery back: the pending ones of its task and URL (see
+        # deliveries._DUE), found among pending rows alone however long the task's history.
+        Index(
+            "ix_webhook_deliveries_pending",
+            "task_id",
+            "url",
+            "event_id",
+            sqlite_where=text("state = 'PENDING'"),
+            postgresql_where=text("state = 'PENDING'"),
+        ),
+        # Redelivery by event-id range (admin).
+        Index("ix_webhook_deliveries_event_id", "event_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class DisabledWebhook(Base):
+    """A task's webhook that answered 410 Gone: nothing more is sent to it for that task until
+    RedeliverTask re-enables it."""
+
+    __tablename__ = "disabled_webhooks"
+
+    task_id: Mapped[str] = mapped_column(Text, ForeignKey("tasks.task_id"), primary_key=True)
+    url: Mapped[str] = mapped_column(Text, primary_key=True)
+    disabled_at: Mapped[datetime] = mapped_column(UTCDateTime)

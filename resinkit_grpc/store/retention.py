@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from resinkit_grpc.rules import TERMINAL_STATUSES
+from resinkit_grpc.store import deliveries
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.models import LogHorizon, Task, TaskEvent
 
@@ -48,7 +49,12 @@ EVENTS_PER_TASK_BUDGET = 10
 
 def _purgeable(before: datetime) -> list[ColumnElement[bool]]:
     ended = tasks.c.status.in_(sorted(s.value for s in TERMINAL_STATUSES))
-    return [tasks.c.updated_at < before, or_(ended, tasks.c.active == false())]
+    return [
+        tasks.c.updated_at < before,
+        or_(ended, tasks.c.active == false()),
+        # A task whose webhook deliveries are still being tried waits for them to end.
+        ~deliveries.pending_for(tasks.c.task_id),
+    ]
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ def purge_batch(
     if not chosen:
         return PurgedBatch(0, 0, None, purged_through(connection))
     ids = [row.task_id for row in chosen]
+    deliveries.purge_of_tasks(connection, ids)
     # The ids from the DELETE itself: PostgreSQL plans max(event_id) WHERE task_id IN (...) as
     # a walk down the primary key from the newest event, which for old tasks reads the whole
     # log (measured: seconds per batch at 300,000 events).

@@ -206,6 +206,7 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
         now,
         new_status=TaskStatus.PENDING,
         actor=new.actor or new.created_by,
+        task=record,
     )
     return record
 
@@ -278,7 +279,13 @@ def _update_task(
     now = utcnow()
     record = _update(connection, current, now, {name: changes[name] for name in changed})
     append_event(
-        connection, task_id, EventType.UPDATED, now, event_data={"fields": changed}, actor=actor
+        connection,
+        task_id,
+        EventType.UPDATED,
+        now,
+        event_data={"fields": changed},
+        actor=actor,
+        task=record,
     )
     return record
 
@@ -338,6 +345,7 @@ def move_status(
         previous_status=previous,
         new_status=status,
         actor=actor,
+        task=record,
     )
     return record
 
@@ -370,7 +378,7 @@ def _delete_task(
         )
     now = utcnow()
     record = _update(connection, current, now, {"active": False})
-    append_event(connection, task_id, EventType.DELETED, now, actor=actor)
+    append_event(connection, task_id, EventType.DELETED, now, actor=actor, task=record)
     return record
 
 
@@ -397,7 +405,7 @@ def _undelete_task(connection: Connection, task_id: str, actor: str | None) -> T
         raise TaskStateConflict(task_id, "TASK_NOT_DELETED", f"task {task_id!r} is not deleted")
     now = utcnow()
     record = _update(connection, current, now, {"active": True})
-    append_event(connection, task_id, EventType.UNDELETED, now, actor=actor)
+    append_event(connection, task_id, EventType.UNDELETED, now, actor=actor, task=record)
     return record
 
 

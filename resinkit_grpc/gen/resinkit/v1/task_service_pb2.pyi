@@ -106,6 +106,42 @@ TASK_VIEW_FULL: TaskView.ValueType  # 2
 """Every field."""
 Global___TaskView: _TypeAlias = TaskView  # noqa: Y015
 
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    """Never used."""
+    DELIVERY_STATE_PENDING: _DeliveryState.ValueType  # 1
+    """Waiting for its next attempt, or in flight."""
+    DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 2
+    """The receiver answered 2xx."""
+    DELIVERY_STATE_DEAD: _DeliveryState.ValueType  # 3
+    """Every attempt of the retry schedule failed; kept, and sent again by RedeliverTask or
+    RedeliverEvents.
+    """
+    DELIVERY_STATE_DISABLED: _DeliveryState.ValueType  # 4
+    """Its webhook answered 410 Gone for this task: not sent (RedeliverTask re-enables it)."""
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """The state of a webhook delivery."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+"""Never used."""
+DELIVERY_STATE_PENDING: DeliveryState.ValueType  # 1
+"""Waiting for its next attempt, or in flight."""
+DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 2
+"""The receiver answered 2xx."""
+DELIVERY_STATE_DEAD: DeliveryState.ValueType  # 3
+"""Every attempt of the retry schedule failed; kept, and sent again by RedeliverTask or
+RedeliverEvents.
+"""
+DELIVERY_STATE_DISABLED: DeliveryState.ValueType  # 4
+"""Its webhook answered 410 Gone for this task: not sent (RedeliverTask re-enables it)."""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
+
 @_typing.final
 class Task(_message.Message):
     """A long-running task. Field names are the column names of the `tasks` table."""
@@ -257,6 +293,7 @@ class TaskEvent(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     TASK_TYPE_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """The global, strictly increasing position of the event. Resume watches from it."""
     task_id: _builtins.str
@@ -285,6 +322,12 @@ class TaskEvent(_message.Message):
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the change was committed."""
 
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """The webhook deliveries of this event and their states: filled by ListTaskEvents of one
+        task (a task's history), empty elsewhere.
+        """
+
     def __init__(
         self,
         *,
@@ -297,14 +340,259 @@ class TaskEvent(_message.Message):
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         actor: _builtins.str = ...,
         task_type: _builtins.str = ...,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_data", b"event_data", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "event_data", b"event_data", "event_id", b"event_id", "event_type", b"event_type", "new_status", b"new_status", "previous_status", b"previous_status", "task_id", b"task_id", "task_type", b"task_type", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "deliveries", b"deliveries", "event_data", b"event_data", "event_id", b"event_id", "event_type", b"event_type", "new_status", b"new_status", "previous_status", b"previous_status", "task_id", b"task_id", "task_type", b"task_type", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskEvent: _TypeAlias = TaskEvent  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """One event sent to one webhook: a row of the `webhook_deliveries` outbox, written in the
+    event's own transaction.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    SECRET_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """The delivery's own id, in the order deliveries were queued."""
+    task_id: _builtins.str
+    """The task and the event delivered."""
+    event_id: _builtins.int
+    url: _builtins.str
+    """Where it goes, and the id of the secret that signs it (empty: unsigned)."""
+    secret_id: _builtins.str
+    webhook_id: _builtins.str
+    """The `webhook-id` header: the same on every attempt and redelivery; receivers
+    de-duplicate on it.
+    """
+    state: Global___DeliveryState.ValueType
+    attempts: _builtins.int
+    """Attempts made so far (since the last redelivery)."""
+    last_status_code: _builtins.int
+    last_error: _builtins.str
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """PENDING: when the next attempt is due."""
+
+    @_builtins.property
+    def last_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """The last attempt: when, the HTTP status it got (0: none, e.g. no connection), and what
+        went wrong, if anything.
+        """
+
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp:
+        """DELIVERED: when."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the event queued it."""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        event_id: _builtins.int = ...,
+        url: _builtins.str = ...,
+        secret_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        last_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "last_attempt_at", b"last_attempt_at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "delivered_at", b"delivered_at", "delivery_id", b"delivery_id", "event_id", b"event_id", "last_attempt_at", b"last_attempt_at", "last_error", b"last_error", "last_status_code", b"last_status_code", "next_attempt_at", b"next_attempt_at", "secret_id", b"secret_id", "state", b"state", "task_id", b"task_id", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesRequest(_message.Message):
+    """Request for ListDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task whose deliveries to list; empty lists every task's. NOT_FOUND if unknown."""
+    page_size: _builtins.int
+    """At most this many per page: 50 when 0, at most 1000 (larger values are lowered);
+    negative is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """`next_page_token` of the previous page, valid only with the same task_id and states."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___DeliveryState.ValueType]:
+        """Only deliveries in these states; any state when empty."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        states: _abc.Iterable[Global___DeliveryState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "states", b"states", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListDeliveriesResponse(_message.Message):
+    """Response for ListDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverTaskRequest(_message.Message):
+    """Request for RedeliverTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Required."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverTaskRequest: _TypeAlias = RedeliverTaskRequest  # noqa: Y015
+
+@_typing.final
+class RedeliverTaskResponse(_message.Message):
+    """Response for RedeliverTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """The deliveries made pending again."""
+
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverTaskResponse: _TypeAlias = RedeliverTaskResponse  # noqa: Y015
+
+@_typing.final
+class RedeliverEventsRequest(_message.Message):
+    """Request for RedeliverEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_EVENT_ID_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
+    first_event_id: _builtins.int
+    """The range of event ids, both included; 1 <= first_event_id <= last_event_id."""
+    last_event_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        first_event_id: _builtins.int = ...,
+        last_event_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_event_id", b"first_event_id", "last_event_id", b"last_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverEventsRequest: _TypeAlias = RedeliverEventsRequest  # noqa: Y015
+
+@_typing.final
+class RedeliverEventsResponse(_message.Message):
+    """Response for RedeliverEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDELIVERED_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    redelivered_count: _builtins.int
+    """DEAD deliveries made pending again by this call."""
+    next_event_id: _builtins.int
+    """Set when more of the range may remain: call again with first_event_id = this."""
+    def __init__(
+        self,
+        *,
+        redelivered_count: _builtins.int = ...,
+        next_event_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_event_id", b"next_event_id", "redelivered_count", b"redelivered_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeliverEventsResponse: _TypeAlias = RedeliverEventsResponse  # noqa: Y015
 
 @_typing.final
 class CreateTaskRequest(_message.Message):

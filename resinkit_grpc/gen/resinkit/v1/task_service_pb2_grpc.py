@@ -82,6 +82,21 @@ class TaskServiceStub:
                 request_serializer=resinkit_dot_v1_dot_task__service__pb2.WatchTaskEventsRequest.SerializeToString,
                 response_deserializer=resinkit_dot_v1_dot_task__service__pb2.WatchTaskEventsResponse.FromString,
                 _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/resinkit.v1.TaskService/ListDeliveries',
+                request_serializer=resinkit_dot_v1_dot_task__service__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=resinkit_dot_v1_dot_task__service__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.RedeliverTask = channel.unary_unary(
+                '/resinkit.v1.TaskService/RedeliverTask',
+                request_serializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverTaskRequest.SerializeToString,
+                response_deserializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverTaskResponse.FromString,
+                _registered_method=True)
+        self.RedeliverEvents = channel.unary_unary(
+                '/resinkit.v1.TaskService/RedeliverEvents',
+                request_serializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsRequest.SerializeToString,
+                response_deserializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -177,6 +192,31 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeliveries(self, request, context):
+        """Lists webhook deliveries (see Task.notification_config) in delivery order: of one task, or
+        of every task. NOT_FOUND if the task is unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverTask(self, request, context):
+        """Sends a task's DEAD and DISABLED deliveries again, from the first attempt of a fresh
+        retry schedule, and re-enables the webhooks that answered 410 Gone for it. The receiver
+        gets the same webhook-id as before. NOT_FOUND if the task is unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeliverEvents(self, request, context):
+        """Sends the DEAD deliveries of the events first_event_id..last_event_id again (admin): at
+        most 1000 per call, whole events only; call again from `next_event_id` while it is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +264,21 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTaskEvents,
                     request_deserializer=resinkit_dot_v1_dot_task__service__pb2.WatchTaskEventsRequest.FromString,
                     response_serializer=resinkit_dot_v1_dot_task__service__pb2.WatchTaskEventsResponse.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=resinkit_dot_v1_dot_task__service__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=resinkit_dot_v1_dot_task__service__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
+            'RedeliverTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverTask,
+                    request_deserializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverTaskRequest.FromString,
+                    response_serializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverTaskResponse.SerializeToString,
+            ),
+            'RedeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverEvents,
+                    request_deserializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsRequest.FromString,
+                    response_serializer=resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -472,6 +527,87 @@ class TaskService:
             '/resinkit.v1.TaskService/WatchTaskEvents',
             resinkit_dot_v1_dot_task__service__pb2.WatchTaskEventsRequest.SerializeToString,
             resinkit_dot_v1_dot_task__service__pb2.WatchTaskEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resinkit.v1.TaskService/ListDeliveries',
+            resinkit_dot_v1_dot_task__service__pb2.ListDeliveriesRequest.SerializeToString,
+            resinkit_dot_v1_dot_task__service__pb2.ListDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resinkit.v1.TaskService/RedeliverTask',
+            resinkit_dot_v1_dot_task__service__pb2.RedeliverTaskRequest.SerializeToString,
+            resinkit_dot_v1_dot_task__service__pb2.RedeliverTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resinkit.v1.TaskService/RedeliverEvents',
+            resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsRequest.SerializeToString,
+            resinkit_dot_v1_dot_task__service__pb2.RedeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,19 @@ class TaskServiceStub:
     with after_event_id = purged_through_event_id. A watch of task_ids that all existed at
     its after_event_id is never refused: tasks are purged whole.
     """
+    ListDeliveries: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListDeliveriesRequest, _task_service_pb2.ListDeliveriesResponse]
+    """Lists webhook deliveries (see Task.notification_config) in delivery order: of one task, or
+    of every task. NOT_FOUND if the task is unknown.
+    """
+    RedeliverTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.RedeliverTaskRequest, _task_service_pb2.RedeliverTaskResponse]
+    """Sends a task's DEAD and DISABLED deliveries again, from the first attempt of a fresh
+    retry schedule, and re-enables the webhooks that answered 410 Gone for it. The receiver
+    gets the same webhook-id as before. NOT_FOUND if the task is unknown.
+    """
+    RedeliverEvents: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.RedeliverEventsRequest, _task_service_pb2.RedeliverEventsResponse]
+    """Sends the DEAD deliveries of the events first_event_id..last_event_id again (admin): at
+    most 1000 per call, whole events only; call again from `next_event_id` while it is set.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -140,6 +153,19 @@ class TaskServiceAsyncStub(TaskServiceStub):
     ListTaskEvents of the tasks you follow), then watching after the listed position, or
     with after_event_id = purged_through_event_id. A watch of task_ids that all existed at
     its after_event_id is never refused: tasks are purged whole.
+    """
+    ListDeliveries: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListDeliveriesRequest, _task_service_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
+    """Lists webhook deliveries (see Task.notification_config) in delivery order: of one task, or
+    of every task. NOT_FOUND if the task is unknown.
+    """
+    RedeliverTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.RedeliverTaskRequest, _task_service_pb2.RedeliverTaskResponse]  # type: ignore[assignment]
+    """Sends a task's DEAD and DISABLED deliveries again, from the first attempt of a fresh
+    retry schedule, and re-enables the webhooks that answered 410 Gone for it. The receiver
+    gets the same webhook-id as before. NOT_FOUND if the task is unknown.
+    """
+    RedeliverEvents: _aio.UnaryUnaryMultiCallable[_task_service_pb2.RedeliverEventsRequest, _task_service_pb2.RedeliverEventsResponse]  # type: ignore[assignment]
+    """Sends the DEAD deliveries of the events first_event_id..last_event_id again (admin): at
+    most 1000 per call, whole events only; call again from `next_event_id` while it is set.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -248,6 +274,37 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         ListTaskEvents of the tasks you follow), then watching after the listed position, or
         with after_event_id = purged_through_event_id. A watch of task_ids that all existed at
         its after_event_id is never refused: tasks are purged whole.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeliveries(
+        self,
+        request: _task_service_pb2.ListDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.ListDeliveriesResponse, _abc.Awaitable[_task_service_pb2.ListDeliveriesResponse]]:
+        """Lists webhook deliveries (see Task.notification_config) in delivery order: of one task, or
+        of every task. NOT_FOUND if the task is unknown.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeliverTask(
+        self,
+        request: _task_service_pb2.RedeliverTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.RedeliverTaskResponse, _abc.Awaitable[_task_service_pb2.RedeliverTaskResponse]]:
+        """Sends a task's DEAD and DISABLED deliveries again, from the first attempt of a fresh
+        retry schedule, and re-enables the webhooks that answered 410 Gone for it. The receiver
+        gets the same webhook-id as before. NOT_FOUND if the task is unknown.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeliverEvents(
+        self,
+        request: _task_service_pb2.RedeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.RedeliverEventsResponse, _abc.Awaitable[_task_service_pb2.RedeliverEventsResponse]]:
+        """Sends the DEAD deliveries of the events first_event_id..last_event_id again (admin): at
+        most 1000 per call, whole events only; call again from `next_event_id` while it is set.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
