@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -15,6 +16,9 @@ import aiohttp
 from benchmarks.machine import cpu_seconds
 
 OPEN_TIMEOUT = 60.0
+# The streams' filter (the table page of everything: none); RESINKIT_BENCH_CONSOLE_QUERY=?type=x
+# measures consoles that receive nothing.
+QUERY = os.environ.get("RESINKIT_BENCH_CONSOLE_QUERY", "")
 
 
 @dataclass
@@ -43,7 +47,7 @@ async def _streams(url: str, streams: int, ready: Any, stop: Any) -> dict[str, i
         first = True
         while True:
             headers = {"Last-Event-ID": last} if last is not None else {}
-            async with session.get(url + "api/events", headers=headers) as response:
+            async with session.get(url + "api/events" + QUERY, headers=headers) as response:
                 assert response.status == 200, response.status
                 if first:
                     first = False
