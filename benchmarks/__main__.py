@@ -59,8 +59,8 @@ def parse_args() -> argparse.Namespace:
         "--consoles",
         type=int,
         default=0,
-        help="after the unary phase, run it again in rounds alternating without and with this "
-        "many console streams open (the server then serves --console-address)",
+        help="after the unary phase, run it again in rounds measured with no console, with one "
+        "console stream and with this many (the server then serves --console-address)",
     )
     parser.add_argument(
         "--phases",
