@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import machine, scale, unary, watch, webhooks
+from benchmarks.consoles import OpenConsoles
 from tests.databases import POSTGRES_ENV, Databases
 from tests.servers import ServerProcess
 
@@ -76,6 +77,13 @@ def parse_args() -> argparse.Namespace:
         help="with --database-url: start this many servers on the one database; unary clients "
         "take turns among them, and the watch phase also writes through one and watches on "
         "another",
+    )
+    parser.add_argument(
+        "--consoles",
+        type=int,
+        default=0,
+        help="after the unary phase, run it again in rounds measured with no console, with one "
+        "console stream and with this many (the server then serves --console-address)",
     )
     parser.add_argument(
         "--phases",
@@ -165,6 +173,7 @@ def main() -> None:
                     "WARNING",
                     # On PostgreSQL, how long each write transaction holds the append lock.
                     *(["--metrics-address", "127.0.0.1:0"] if databases else []),
+                    *(("--console-address", "127.0.0.1:0") if args.consoles else ()),
                     *shlex.split(args.server_args),
                 ).start()
                 for _ in range(args.replicas)
@@ -186,6 +195,9 @@ def main() -> None:
                         metrics_urls=[s.metrics_url for s in servers if s.metrics_url],
                     )
                     report["unary"] = [asdict(r) for r in results]
+                if "unary" in phases and args.consoles:
+                    _phase(f"unary RPCs without and with {args.consoles} open consoles")
+                    report["consoles"] = consoles(server, pid, settings, args.consoles)
                 if "watch" in phases:
                     _phase("WatchTaskEvents delivery")
                     results_w = watch.run(
@@ -295,6 +307,59 @@ def _postgres(url: str) -> Databases:
     if found.unavailable_reason:
         sys.exit(found.unavailable_reason)
     return found
+
+
+def consoles(
+    server: ServerProcess, pid: int, settings: dict[str, Any], streams: int
+) -> dict[str, Any]:
+    """The unary phase in rounds that alternate without consoles, with one console stream (the
+    first listener: the tail reads the log once anybody watches) and with `streams`, so that
+    all three meet the same moments of a noisy machine; each method's ratio against the empty
+    RPC of the same round."""
+    rounds: dict[str, list[list[dict[str, Any]]]] = {"without": [], "one": [], "with": []}
+    loads = []
+    for _ in range(settings["rounds"]):
+        for condition in rounds:
+            measure = lambda: unary.run(  # noqa: E731
+                server.address,
+                pid,
+                clients=settings["clients"],
+                concurrency=settings["concurrency"],
+                warmup=settings["warmup"],
+                duration=settings["duration"] / settings["rounds"],
+                rounds=1,
+            )
+            if condition != "without":
+                count = streams if condition == "with" else 1
+                with OpenConsoles(server.console_url, count) as open_consoles:
+                    results = measure()
+                assert open_consoles.load is not None
+                if condition == "with":
+                    loads.append(asdict(open_consoles.load))
+            else:
+                results = measure()
+            rounds[condition].append([asdict(r) for r in results])
+    figures: dict[str, Any] = {"streams": streams, "loads": loads, "methods": {}}
+    for method in unary.METHODS:
+        row: dict[str, Any] = {}
+        for condition, measured in rounds.items():
+            rates = [next(r for r in rs if r["method"] == method)["per_second"] for rs in measured]
+            empty = [
+                next(r for r in rs if r["method"] == "Health/Check")["per_second"]
+                for rs in measured
+            ]
+            ratios = [rate / base for rate, base in zip(rates, empty, strict=True) if base]
+            cpu = [
+                next(r for r in rs if r["method"] == method)["cpu_us_per_call"] for rs in measured
+            ]
+            row[condition] = {
+                "per_second": sum(rates) / len(rates),
+                "server_cpu_us_per_call": sum(cpu) / len(cpu),
+                "ratio": sum(ratios) / len(ratios) if ratios else float("nan"),
+                "round_ratios": ratios,
+            }
+        figures["methods"][method] = row
+    return figures
 
 
 def durability(workdir: Path, settings: dict[str, Any]) -> dict[str, float]:
@@ -436,6 +501,41 @@ def print_table(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{r['p99_ms']:>9.2f}{r['server_cpu_us_per_delivery']:>14.1f}"
                 f"{r['server_rss_mib']:>16.0f}  {'; '.join(verdicts)}"
             )
+    if "consoles" in report:
+        c = report["consoles"]
+        print(
+            f"\n{'':<18}{'no console':>26}{'one console':>26}{str(c['streams']) + ' consoles':>26}"
+            f"{'':>10}\n{'method':<18}"
+            + f"{'calls/s':>10}{'ratio':>8}{'CPU µs':>8}" * 3
+            + f"{'N/one':>8}  target"
+        )
+        for method, row in c["methods"].items():
+            cells = "".join(
+                f"{row[k]['per_second']:>10.0f}{row[k]['ratio']:>8.2f}"
+                f"{row[k]['server_cpu_us_per_call']:>8.0f}"
+                for k in ("without", "one", "with")
+            )
+            target = UNARY_TARGETS.get(method)
+            verdict = (
+                check(
+                    f"{method} / empty RPC, {c['streams']} consoles open",
+                    row["with"]["ratio"],
+                    target,
+                    True,
+                )
+                if target
+                else ""
+            )
+            print(
+                f"{method:<18}{cells}{row['with']['ratio'] / row['one']['ratio']:>8.2f}  {verdict}"
+            )
+        events = sum(load["events"] for load in c["loads"])
+        reconnects = sum(load["reconnects"] for load in c["loads"])
+        client = sum(load["client_cpu_seconds"] for load in c["loads"])
+        print(
+            f"console streams received {events:,} events, resumed {reconnects} times; reading "
+            f"them took the client process {client:.1f} s of CPU on the same cores"
+        )
     if "scale" in report:
         print(
             f"\n{'ListTasks shape':<24}{'order_by':<16}{'first ms':>10}{'deep ms':>10}{'depth':>7}"

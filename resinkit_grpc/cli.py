@@ -349,6 +349,14 @@ OPTIONS = [
         serve_only=True,
     ),
     Option(
+        "--console-address",
+        "console_address",
+        str,
+        "HOST:PORT of the web console (HTTP, HTTPS with --tls-cert); off when empty",
+        lambda value: None if value == "" else host_and_port(value),
+        serve_only=True,
+    ),
+    Option(
         "--otel",
         "otel",
         boolean,

@@ -70,6 +70,8 @@ class Settings:
     log_format: str = "text"
     # HOST:PORT of the Prometheus endpoint (/metrics); empty: no metrics.
     metrics_address: str = ""
+    # HOST:PORT of the web console (console/ package: pages, JSON API, live updates); empty: off.
+    console_address: str = ""
     # OpenTelemetry traces (the otel extra), configured by the standard OTEL_* variables.
     otel: bool = False
     # Webhooks (notify/): the signing secrets (TOML: id, secret), re-read when the file changes.

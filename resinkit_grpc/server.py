@@ -10,6 +10,7 @@ import logging
 import signal
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -83,8 +84,9 @@ class Server:
                 )
             )
         authenticator = None
+        self.tokens: TokenFile | None = None
         if settings.auth_tokens_file:  # TokensError: one line, before anything is touched
-            tokens = TokenFile(Path(settings.auth_tokens_file))
+            tokens = self.tokens = TokenFile(Path(settings.auth_tokens_file))
             authenticator = Authenticator(tokens, protect_reflection=settings.auth_reflection)
         if settings.otel:
             tracing.available()  # one line without the extra, before anything is touched
@@ -129,6 +131,7 @@ class Server:
         )
         self.port = 0
         self.metrics: MetricsEndpoint | None = None
+        self.console: Any = None  # console.app.Console, with --console-address
         self._purging: asyncio.Task[None] | None = None
         # Expiry and retention (see _expire_due_tasks, _purge_old_tasks), when switched on.
         self._jobs: list[asyncio.Task[None]] = []
@@ -139,9 +142,10 @@ class Server:
         log.info("database at revision %s", revision)
         secret = await self.database.write(load_or_create_secret, "page_tokens")
         await self.watches.start()
+        page_tokens = PageTokens(bytes.fromhex(secret))
         service = TaskService(
             self.database,
-            PageTokens(bytes.fromhex(secret)),
+            page_tokens,
             self.watches,
             mutual_tls=bool(self.settings.tls_client_ca),
             webhooks=WebhookRules(
@@ -180,6 +184,8 @@ class Server:
                     f"cannot serve metrics on {self.settings.metrics_address}"
                 ) from exc
             print(f"metrics on http://{self.metrics.address}/metrics", flush=True)
+        if self.settings.console_address:
+            await self._start_console(page_tokens)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         # Everything built so far lives as long as the server: keep it out of the cyclic
@@ -196,6 +202,29 @@ class Server:
         host = self.settings.address.rsplit(":", 1)[0]
         # Tests and scripts read this line to find the port when the address ends in :0.
         print(f"serving on {host}:{self.port}", flush=True)
+
+    async def _start_console(self, page_tokens: PageTokens) -> None:
+        # Imported here: a server without a console never loads its package.
+        from resinkit_grpc.console.app import Access, Console, ssl_context
+
+        settings = self.settings
+        context = None
+        if settings.tls_cert:
+            context = ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        self.console = Console(
+            settings.console_address,
+            self.database,
+            page_tokens,
+            self.watches,
+            Access(self.tokens, mutual_tls=bool(settings.tls_client_ca)),
+            ssl_context=context,
+            heartbeat_seconds=settings.heartbeat_interval,
+        )
+        try:
+            await self.console.start()
+        except OSError as exc:
+            raise ServerError(f"cannot serve the console on {settings.console_address}") from exc
+        print(f"console on {self.console.url}", flush=True)
 
     async def _purge_request_ids(self) -> None:
         """Forgets request ids older than --request-id-retention, a tenth of it at a time."""
@@ -281,6 +310,8 @@ class Server:
         for job in self._jobs:
             job.cancel()
         await self.watches.close()
+        if self.console is not None:
+            await self.console.stop()
         # Attempts in flight may finish (else their leases run out and they are made again).
         await self.deliveries.close(
             min(self.settings.webhook_timeout, self.settings.grace_period / 2)
@@ -306,6 +337,8 @@ class Server:
     async def release(self) -> None:
         """Frees what a failed start() had taken (threads, connections), quietly."""
         await self.watches.close()
+        if self.console is not None:
+            await self.console.stop()
         await self.deliveries.close(0)
         await self.grpc_server.stop(0)
         self._close_metrics()

@@ -31,6 +31,7 @@ class ServerProcess:
         self.process: subprocess.Popen[str] | None = None
         self.address = ""
         self.metrics_url = ""  # with --metrics-address: http://HOST:PORT/metrics
+        self.console_url = ""  # with --console-address: http://HOST:PORT/
         self._log: IO[str] | None = None
         self._channels: list[grpc.Channel] = []
 
@@ -59,6 +60,8 @@ class ServerProcess:
             line = self.process.stdout.readline()
             if line.startswith("metrics on "):
                 self.metrics_url = line.split()[-1]
+            if line.startswith("console on "):
+                self.console_url = line.split()[-1]
             if line.startswith("serving on "):
                 self.address = line.split()[-1]
                 return self

@@ -4,6 +4,7 @@ and answers on it; without the postgresql extra, a PostgreSQL URL is one clear l
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -82,6 +83,10 @@ def test_the_server_runs_on_the_oldest_allowed_dependencies(
         tmp_path,
         "--metrics-address",
         "127.0.0.1:0",
+        "--console-address",
+        "127.0.0.1:0",
+        "--heartbeat-interval",
+        "0.2",
         "--webhook-allow-private",
         "--webhook-secrets-file",
         str(secrets),
@@ -113,6 +118,21 @@ def test_the_server_runs_on_the_oldest_allowed_dependencies(
         with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
             scraped = response.read().decode()
         assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="CreateTask"' in scraped
+        # The console, on the oldest aiohttp: its page and assets from the wheel, its API, its
+        # live stream.
+        with urllib.request.urlopen(server.console_url + "static/app.js", timeout=10) as response:
+            assert b"import" in response.read()
+        with urllib.request.urlopen(server.console_url, timeout=10) as response:
+            assert b'<script type="module" src="/static/app.js">' in response.read()
+        listed = server.console_url + "api/tasks?type=oldest"
+        with urllib.request.urlopen(listed, timeout=10) as response:
+            assert json.loads(response.read())["tasks"][0]["task_id"] == made.task_id
+        stream = urllib.request.Request(
+            server.console_url + "api/events", headers={"Last-Event-ID": "0"}
+        )
+        with urllib.request.urlopen(stream, timeout=10) as response:
+            lines = [response.readline() for _ in range(5)]
+        assert b"event: task_event\n" in lines, lines
     finally:
         assert server.stop() == 0, server.log()
 

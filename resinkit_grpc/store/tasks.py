@@ -268,36 +268,10 @@ def list_tasks(
             else (query.created_after, query.created_before),
             active_only=not query.show_deleted,
         )
-    shape = _ListShape(
-        dense=dense,
-        dialect=connection.dialect.name,
-        statuses=bool(query.statuses),
-        task_types=bool(query.task_types),
-        created_by=query.created_by is not None,
-        name_contains=bool(query.name_contains),
-        tags_any=bool(query.tags_any),
-        tags_all=len(query.tags_all),
-        created_after=query.created_after is not None,
-        created_before=query.created_before is not None,
-        show_deleted=query.show_deleted,
-        order=order,
-        keyset=after is not None,
-        full=full,
+    shape = _list_shape(
+        connection.dialect.name, query, order, keyset=after is not None, full=full, dense=dense
     )
-    params: dict[str, Any] = {
-        "limit": limit,
-        "max_bytes": max_bytes,
-        "statuses": list(query.statuses),
-        "task_types": list(query.task_types),
-        "created_by": query.created_by,
-        "created_after": query.created_after,
-        "created_before": query.created_before,
-        "tags_any": list(query.tags_any),
-        "tags_all": list(query.tags_all),
-        **{f"tag_{i}": tag for i, tag in enumerate(query.tags_all)},
-    }
-    if query.name_contains:
-        params["name_pattern"] = f"%{_like_escape(query.name_contains.lower())}%"
+    params = _list_params(query, limit=limit, max_bytes=max_bytes)
     if after is not None:
         params["after_value"], params["after_task_id"] = after
     return _list_statement(shape).all(connection, params)
@@ -533,9 +507,71 @@ class _ListShape:
     full: bool
 
 
-@functools.lru_cache(maxsize=1024)
-def _list_statement(shape: _ListShape) -> Prepared:
-    """The ListTasks statement of one shape, built once: values travel as parameters."""
+def _list_shape(
+    dialect: str,
+    query: TaskQuery,
+    order: SortOrder,
+    *,
+    keyset: bool,
+    full: bool,
+    dense: frozenset[str] = frozenset(),
+) -> _ListShape:
+    return _ListShape(
+        dense=dense,
+        dialect=dialect,
+        statuses=bool(query.statuses),
+        task_types=bool(query.task_types),
+        created_by=query.created_by is not None,
+        name_contains=bool(query.name_contains),
+        tags_any=bool(query.tags_any),
+        tags_all=len(query.tags_all),
+        created_after=query.created_after is not None,
+        created_before=query.created_before is not None,
+        show_deleted=query.show_deleted,
+        order=order,
+        keyset=keyset,
+        full=full,
+    )
+
+
+def _list_params(query: TaskQuery, *, limit: int, max_bytes: int) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "limit": limit,
+        "max_bytes": max_bytes,
+        "statuses": list(query.statuses),
+        "task_types": list(query.task_types),
+        "created_by": query.created_by,
+        "created_after": query.created_after,
+        "created_before": query.created_before,
+        "tags_any": list(query.tags_any),
+        "tags_all": list(query.tags_all),
+        **{f"tag_{i}": tag for i, tag in enumerate(query.tags_all)},
+    }
+    if query.name_contains:
+        params["name_pattern"] = f"%{_like_escape(query.name_contains.lower())}%"
+    return params
+
+
+def count_by_status(connection: Connection, query: TaskQuery) -> dict[str, int]:
+    """How many tasks ListTasks would select with `query`, by status (statuses absent: none)."""
+    shape = _list_shape(connection.dialect.name, query, SortOrder(), keyset=False, full=False)
+    statement = _count_statement(shape)
+    params = _list_params(query, limit=0, max_bytes=0)
+    return {row["status"]: row["count"] for row in statement.all(connection, params)}
+
+
+@functools.lru_cache(maxsize=256)
+def _count_statement(shape: _ListShape) -> Prepared:
+    c = tasks.c
+    return Prepared(
+        select(c.status, func.count().label("count"))
+        .where(and_(true(), *_conditions(shape)))
+        .group_by(c.status)
+    )
+
+
+def _conditions(shape: _ListShape) -> list[ColumnElement[bool]]:
+    """The WHERE terms of a ListTasks filter (the keyset position aside)."""
     c = tasks.c
     conditions: list[ColumnElement[bool]] = []
     if not shape.show_deleted:
@@ -566,6 +602,14 @@ def _list_statement(shape: _ListShape) -> Prepared:
         conditions.append(created >= bindparam("created_after", type_=c.created_at.type))
     if shape.created_before:
         conditions.append(created < bindparam("created_before", type_=c.created_at.type))
+    return conditions
+
+
+@functools.lru_cache(maxsize=1024)
+def _list_statement(shape: _ListShape) -> Prepared:
+    """The ListTasks statement of one shape, built once: values travel as parameters."""
+    c = tasks.c
+    conditions = _conditions(shape)
     sort_column = c[shape.order.field]
     if shape.keyset:
         position = tuple_(sort_column, c.task_id)
