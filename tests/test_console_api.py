@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from tests.console_http import EventStream, Frame, call
 from tests.databases import Databases
+from tests.receivers import Answer, Received, Receiver
 from tests.rpc import create, error_reason
 from tests.servers import ServerProcess
 
@@ -485,3 +486,49 @@ def test_an_idle_stream_sends_heartbeats_carrying_its_position(
                 break
     assert min(beats) >= 0 and beats == sorted(beats)
     assert time.monotonic() - began < 5
+
+
+def test_a_tasks_webhook_deliveries_are_listed_and_redelivered(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """ListDeliveries and RedeliverTask of one task, as the task page reads and acts on them."""
+    failing = [True]
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        return Answer(500 if failing[0] else 204)
+
+    server = start_server(
+        "--console-address",
+        "127.0.0.1:0",
+        "--webhook-allow-private",
+        "--webhook-retry-schedule",
+        "none",
+        "--webhook-poll-interval",
+        "0.1",
+    )
+    base, stub = server.console_url, server.stub()
+    with Receiver(policy) as receiver:
+        task = pb.Task(task_type="console-hooks")
+        task.notification_config.update({"webhooks": [{"url": receiver.url}]})
+        made = stub.CreateTask(pb.CreateTaskRequest(task=task))
+        path = f"/api/tasks/{made.task_id}/deliveries"
+        deadline = time.monotonic() + 20
+        while [d["state"] for d in call(base, "GET", path).body["deliveries"]] != [
+            "DELIVERY_STATE_DEAD"
+        ]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (dead,) = call(base, "GET", path).body["deliveries"]
+        assert dead["url"] == receiver.url and dead["last_status_code"] == 500
+        assert dead["attempts"] == 1 and dead["webhook_id"].startswith("msg_")
+        failing[0] = False
+        again = call(base, "POST", f"/api/tasks/{made.task_id}/redeliver", {})
+        assert again.status == 200
+        assert [d["state"] for d in again.body["deliveries"]] == ["DELIVERY_STATE_PENDING"]
+        receiver.wait_for(lambda got: len(got) == 2)
+    refused = call(base, "POST", f"/api/tasks/{made.task_id}/redeliver", {"all": True})
+    assert refused.status == 400 and refused.body["error"]["code"] == "INVALID_ARGUMENT"
+    missing = call(base, "GET", "/api/tasks/no-such-task/deliveries")
+    assert missing.status == 404 and missing.body["error"]["reason"] == "TASK_NOT_FOUND"
+    bad = call(base, "GET", f"{path}?page_size=-1")
+    assert bad.status == 400 and bad.body["error"]["code"] == "INVALID_ARGUMENT"

@@ -18,6 +18,7 @@ import pytest
 
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from tests.databases import Databases
+from tests.receivers import Answer, Received, Receiver
 from tests.rpc import create
 from tests.servers import ServerProcess
 from tests.test_auth import Tokens
@@ -71,7 +72,9 @@ def sqlite_url(databases: Databases, module_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def console(sqlite_url: str, module_dir: Path) -> Iterator[ServerProcess]:
-    process = console_server(sqlite_url, module_dir)
+    process = console_server(
+        sqlite_url, module_dir, "--webhook-allow-private", "--webhook-retry-schedule", "none"
+    )
     yield process
     assert process.stop() == 0, process.log()
 
@@ -281,3 +284,29 @@ def test_a_reader_signs_in_with_a_token_and_sees_no_actions(
 
 def token_not_in_url(browser: Any, token: str) -> bool:
     return token not in browser.current_url
+
+
+def test_the_task_page_shows_its_deliveries_and_redelivers_a_dead_one(
+    browser: Any, console: ServerProcess, stub: Any, unique: Callable[[str], str]
+) -> None:
+    failing = [True]
+
+    def policy(request: Received, before: list[Received]) -> Answer:
+        return Answer(503 if failing[0] else 200)
+
+    with Receiver(policy) as receiver:
+        task = pb.Task(task_type=unique("hooked"), task_name="with a webhook")
+        task.notification_config.update({"webhooks": [{"url": receiver.url}]})
+        made = stub.CreateTask(pb.CreateTaskRequest(task=task))
+        browser.get(f"{console.console_url}tasks/{made.task_id}")
+        state = lambda: [  # noqa: E731
+            row.get_attribute("data-state")
+            for row in browser.find_elements(By.CSS_SELECTOR, "#deliveries tr[data-state]")
+        ]
+        until(lambda: state() == ["DEAD"], what="the dead delivery")
+        assert "503" in browser.find_element(By.ID, "deliveries").text
+        failing[0] = False
+        browser.find_element(By.ID, "redeliver").click()
+        until(lambda: state() == ["DELIVERED"], what="the delivery, sent again")
+        assert not browser.find_elements(By.ID, "redeliver")
+        assert receiver.count() == 2

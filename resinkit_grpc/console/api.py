@@ -13,11 +13,12 @@ from aiohttp import web
 from google.protobuf import json_format, timestamp_pb2
 
 from resinkit_grpc.api import parse
-from resinkit_grpc.api.convert import event_to_proto, task_to_proto
+from resinkit_grpc.api.convert import event_to_proto, fill_delivery, task_to_proto
 from resinkit_grpc.api.page_tokens import PageTokens
 from resinkit_grpc.errors import FieldViolation, InvalidArgument
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
-from resinkit_grpc.store import events, tasks
+from resinkit_grpc.store import deliveries, events, tasks
+from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.tasks import TaskRecord
 from resinkit_grpc.watch.items import LogEvent
@@ -55,6 +56,12 @@ def task_json(row: TaskRecord) -> dict[str, Any]:
 
 def event_json(event: LogEvent) -> dict[str, Any]:
     return _message_json(event_to_proto(event))
+
+
+def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    delivery = pb.Delivery()
+    fill_delivery(delivery, row)
+    return _message_json(delivery)
 
 
 def _message_json(message: Any) -> dict[str, Any]:
@@ -217,6 +224,32 @@ class ConsoleApi:
             "events": [event_json(LogEvent.from_row(row)) for row in rows],
             "next_page_token": next_token,
         }
+
+    async def task_deliveries(self, task_id: str, query: MultiMapping[str]) -> dict[str, Any]:
+        """The task's webhook deliveries, as ListDeliveries of the task pages them."""
+        only(query, ("page_size", "page_token"))
+        request = pb.ListDeliveriesRequest(task_id=task_id, page_token=query.get("page_token", ""))
+        if "page_size" in query:
+            request.page_size = _integer(query["page_size"], "page_size", 0, parse.MAX_PAGE_SIZE)
+        page = parse.list_deliveries(request, self._tokens)
+        rows = await self._db.read(
+            deliveries.list_deliveries,
+            page.task_id,
+            page.states,
+            after_delivery_id=page.after_delivery_id,
+            limit=page.page_size + 1,
+        )
+        shown = rows[: page.page_size]
+        next_token = ""
+        if len(rows) > page.page_size:
+            next_token = self._tokens.encode(page.fingerprint, [shown[-1]["delivery_id"]])
+        return {"deliveries": [delivery_json(row) for row in shown], "next_page_token": next_token}
+
+    async def redeliver(self, task_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """RedeliverTask: the task's dead and disabled deliveries, sent again."""
+        _fields(body, frozenset())
+        rows = await self._db.write(deliveries.redeliver_task, parse.task_id(task_id), utcnow())
+        return {"deliveries": [delivery_json(row) for row in rows]}
 
     async def cancel(self, task_id: str, body: dict[str, Any], actor: str | None) -> dict[str, Any]:
         _fields(body, ACTION_FIELDS)

@@ -121,6 +121,8 @@ class Console:
             ("GET", "/api/counts", "ListTasks", self._counts),
             ("GET", "/api/tasks/{task_id}", "GetTask", self._get),
             ("GET", "/api/tasks/{task_id}/events", "ListTaskEvents", self._events),
+            ("GET", "/api/tasks/{task_id}/deliveries", "ListDeliveries", self._deliveries),
+            ("POST", "/api/tasks/{task_id}/redeliver", "RedeliverTask", self._redeliver),
             ("POST", "/api/tasks/{task_id}/cancel", "UpdateTaskStatus", self._cancel),
             ("POST", "/api/tasks/{task_id}/delete", "DeleteTask", self._delete),
             ("POST", "/api/tasks/{task_id}/undelete", "UndeleteTask", self._undelete),
@@ -200,6 +202,14 @@ class Console:
 
     async def _events(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         return json_reply(await self._api.task_events(request.match_info["task_id"], request.query))
+
+    async def _deliveries(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        found = await self._api.task_deliveries(request.match_info["task_id"], request.query)
+        return json_reply(found)
+
+    async def _redeliver(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        body = await json_body(request)
+        return json_reply(await self._api.redeliver(request.match_info["task_id"], body))
 
     async def _cancel(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         body = await json_body(request)

@@ -11,6 +11,7 @@ const TEXT_FILTERS = [["type", "type"], ["tag_any", "any tag"], ["tag_all", "eve
   ["creator", "creator"], ["name", "name contains"]];
 
 const short = (status) => (status || "").replace(/^TASK_STATUS_/, "");
+const deliveryState = (state) => (state || "").replace(/^DELIVERY_STATE_/, "");
 
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -321,8 +322,10 @@ export function renderTask(app, view, taskId) {
   const fields = el("table", { id: "fields" });
   const jsons = el("div", { id: "json-fields" });
   const timeline = el("ol", { id: "timeline" });
-  const history = el("section", { id: "history" }, el("h2", {}, "Timeline"), timeline);
-  // A "Deliveries" section (webhooks) belongs in `history`, after the timeline.
+  const sent = el("table", { id: "deliveries" });
+  const redeliver = el("div", { id: "delivery-actions" });
+  const history = el("section", { id: "history" }, el("h2", {}, "Timeline"), timeline,
+    el("h2", {}, "Webhook deliveries"), redeliver, sent);
   view.append(el("p", {}, el("a", { href: "/", "data-nav": "" }, "« all tasks")), head, actions,
     el("div", { class: "task-body" },
       el("section", { id: "task-fields" }, el("h2", {}, "Fields"), fields, jsons), history));
@@ -331,7 +334,59 @@ export function renderTask(app, view, taskId) {
   let stopped = false;
   let task = null;
   const events = [];
+  let deliveries = [];
   const ticker = setInterval(() => drawTimeline(), 1000);
+  // Attempts are no events: while one is pending, the deliveries are read again every 2 s.
+  const deliveryTicker = setInterval(() => {
+    if (deliveries.some((d) => deliveryState(d.state) === "PENDING")) loadDeliveries();
+  }, 2000);
+
+  const drawDeliveries = () => {
+    if (!deliveries.length) {
+      sent.replaceChildren(el("tr", {}, el("td", {}, "No webhook deliveries (see the task's notification_config).")));
+      redeliver.replaceChildren();
+      return;
+    }
+    sent.replaceChildren(
+      el("tr", {}, ...["event", "url", "state", "attempts", "last HTTP", "last error", "next attempt"].map((h) => el("th", {}, h))),
+      ...deliveries.map((d) => el("tr", { "data-delivery-id": d.delivery_id, "data-state": deliveryState(d.state) },
+        el("td", {}, String(d.event_id)),
+        el("td", {}, d.url),
+        el("td", {}, el("span", { class: `status d-${deliveryState(d.state).toLowerCase()}` }, deliveryState(d.state))),
+        el("td", {}, String(d.attempts)),
+        el("td", {}, d.last_status_code ? String(d.last_status_code) : ""),
+        el("td", {}, d.last_error || ""),
+        el("td", {}, d.next_attempt_at ? when(d.next_attempt_at) : ""))));
+    redeliver.replaceChildren();
+    const again = deliveries.filter((d) => ["DEAD", "DISABLED"].includes(deliveryState(d.state))).length;
+    if (app.session.can_write && again) {
+      redeliver.append(el("button", { id: "redeliver", type: "button", onclick: async () => {
+        try {
+          await app.api(`/api/tasks/${encodeURIComponent(taskId)}/redeliver`, { method: "POST", body: {} });
+          app.notice("");
+          loadDeliveries();
+        } catch (error) {
+          showError(app, error);
+        }
+      } }, `Redeliver ${again} dead or disabled`));
+    }
+  };
+
+  const loadDeliveries = async () => {
+    try {
+      const found = [];
+      let token = "";
+      do {
+        const page = await app.api(`/api/tasks/${encodeURIComponent(taskId)}/deliveries?page_size=1000${token ? `&page_token=${encodeURIComponent(token)}` : ""}`);
+        found.push(...page.deliveries);
+        token = page.next_page_token;
+      } while (token);
+      deliveries = found;
+      if (!stopped) drawDeliveries();
+    } catch (error) {
+      if (error.status !== 401) showError(app, error);
+    }
+  };
 
   const drawTask = () => {
     head.replaceChildren(el("h1", {}, taskId, " ", badge(task.status),
@@ -421,6 +476,7 @@ export function renderTask(app, view, taskId) {
     if (stopped) return;
     drawTask();
     drawTimeline();
+    loadDeliveries();
     const last = events.length ? events[events.length - 1].event_id : "0";
     stream = new LiveStream(`/api/events?task_id=${encodeURIComponent(taskId)}`, {
       token: app.token,
@@ -431,6 +487,7 @@ export function renderTask(app, view, taskId) {
         events.push(event);
         drawTimeline();
         reloadTask();
+        loadDeliveries();
       },
       onPurged: () => {
         app.notice("Retention purged this task's events: the page was read again.", "info");
@@ -441,5 +498,5 @@ export function renderTask(app, view, taskId) {
     }).start();
   };
   load();
-  return { stop: () => { stopped = true; clearInterval(ticker); if (stream) stream.stop(); } };
+  return { stop: () => { stopped = true; clearInterval(ticker); clearInterval(deliveryTicker); if (stream) stream.stop(); } };
 }
