@@ -202,6 +202,9 @@ class DeliveryWorker:
                 # Unsettled, their leases run out and the attempts are made again.
                 log.warning("could not record %d webhook deliveries: %s", len(batch), error.message)
                 continue
+            except Exception as error:  # a bug: logged; the leases run out, as above
+                log_unexpected("webhook settle", error)
+                continue
             for (attempt, outcome, _), ours in zip(batch, settled, strict=True):
                 if not ours:
                     log.warning(
