@@ -129,6 +129,7 @@ def test_pages_with_in_lists_equal_sqlalchemys_own(engine: Engine) -> None:
         for _ in range(5):
             stored_task(connection)
         shape = dict(
+            dense=frozenset(),
             dialect=connection.dialect.name,
             statuses=True,
             task_types=True,

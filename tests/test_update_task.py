@@ -113,7 +113,7 @@ def test_a_star_mask_updates_every_mutable_field_and_clears_the_unset_ones(
         description="described",
         priority=5,
         tags=["t1", "t2"],
-        notification_config={"email": "a@example.com"},
+        notification_config={"webhooks": [{"url": "https://a.example/hook"}]},
         execution_details={"job": "j"},
         progress_details={"pct": 10},
         submitted_configs={"sql": "SELECT 1", "task_timeout_seconds": 600},
