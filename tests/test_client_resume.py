@@ -91,13 +91,16 @@ def history_ids(client: TaskClient, kind: str) -> list[int]:
 
 @contextmanager
 def writing(client: TaskClient, kind: str, tasks: int) -> Iterator[list[str]]:
-    """Creates `tasks` tasks on a thread and moves each to COMPLETED; the ids made so far."""
+    """Creates tasks on a thread and moves each to COMPLETED, at least `tasks` of them and on
+    until the block ends (so that a restart inside it always meets writes, however fast the
+    machine); the ids made so far."""
     made: list[str] = []
     failures: list[BaseException] = []
+    done = threading.Event()
 
     def write() -> None:
         try:
-            for _ in range(tasks):
+            while len(made) < tasks or not done.is_set():
                 task = client.create_task(task_type=kind)
                 for status in STEPS:
                     client.update_task_status(task.task_id, status)
@@ -110,6 +113,7 @@ def writing(client: TaskClient, kind: str, tasks: int) -> Iterator[list[str]]:
     try:
         yield made
     finally:
+        done.set()
         writer.join(90)
     assert not failures, failures
 

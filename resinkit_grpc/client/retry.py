@@ -40,7 +40,10 @@ NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
 def is_retryable(error: ClientError) -> bool:
-    return error.code == grpc.StatusCode.UNAVAILABLE
+    """UNAVAILABLE, and CANCELLED: a call this client cannot cancel itself (its own
+    cancellations raise in the caller, never as a status) was cancelled by the server, as one
+    shutting down does to what its transport had just accepted."""
+    return error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
 class Attempts:
