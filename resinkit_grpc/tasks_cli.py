@@ -24,7 +24,6 @@ from typing import Any
 from resinkit_grpc import tasks_output as out
 from resinkit_grpc.client import (
     ClientError,
-    Delivery,
     DeliveryState,
     RetryPolicy,
     Task,
@@ -521,19 +520,8 @@ def run_events(args: argparse.Namespace) -> int:
 
 def run_deliveries(args: argparse.Namespace) -> int:
     with client_from(args) as client:
-
-        def every() -> Iterator[Delivery]:
-            token: str | None = None
-            while True:
-                page = client.list_deliveries(
-                    args.task_id, states=args.state, page_size=page_size(args), page_token=token
-                )
-                yield from page.items
-                if not page.next_page_token:
-                    return
-                token = page.next_page_token
-
-        show_many(args, every(), out.DELIVERIES, out.delivery_row, "deliveries")
+        sent = client.iter_deliveries(args.task_id, states=args.state, page_size=page_size(args))
+        show_many(args, sent, out.DELIVERIES, out.delivery_row, "deliveries")
     return EXIT_OK
 
 

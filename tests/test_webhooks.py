@@ -5,6 +5,7 @@ failures, 410s, SIGKILL and replicas; nothing is sent to a private address by de
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import socket
@@ -27,7 +28,13 @@ from sqlalchemy.pool import NullPool
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from resinkit_grpc.client import DeliveryState, TaskClient, TaskStatus
+from resinkit_grpc.client import (
+    AsyncTaskClient,
+    Delivery,
+    DeliveryState,
+    TaskClient,
+    TaskStatus,
+)
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.notify.secrets import new_secret
 from tests.receivers import Answer, Received, Receiver, always
@@ -641,6 +648,15 @@ def test_the_python_client_lists_and_redelivers(
                 d.state is DeliveryState.DELIVERED for d in client.list_deliveries(task.task_id)
             )
         )
+        # The iterators page for you, one delivery per page here.
+        paged = list(client.iter_deliveries(task.task_id, page_size=1))
+        assert paged == client.list_deliveries(task.task_id).items and len(paged) == 2
+
+        async def through_asyncio() -> list[Delivery]:
+            async with AsyncTaskClient(server.address) as aio:
+                return [d async for d in aio.iter_deliveries(task.task_id, page_size=1)]
+
+        assert asyncio.run(through_asyncio()) == paged
         history = client.list_task_events(task.task_id).items
         assert [d.state for event in history for d in event.deliveries] == [
             DeliveryState.DELIVERED

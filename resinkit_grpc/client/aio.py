@@ -395,6 +395,25 @@ class AsyncTaskClient(ClientCore):
                 return
             token = page.next_page_token
 
+    async def iter_deliveries(
+        self,
+        task_id: str | None = None,
+        *,
+        states: Sequence[DeliveryState] = (),
+        page_size: int | None = None,
+    ) -> AsyncIterator[Delivery]:
+        """Every webhook delivery (of one task, or of all), in delivery order."""
+        token: str | None = None
+        while True:
+            page = await self.list_deliveries(
+                task_id, states=states, page_size=page_size, page_token=token
+            )
+            for item in page.items:
+                yield item
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
     def watch(
         self,
         *,

@@ -395,6 +395,24 @@ class TaskClient(ClientCore):
                 return
             token = page.next_page_token
 
+    def iter_deliveries(
+        self,
+        task_id: str | None = None,
+        *,
+        states: Sequence[DeliveryState] = (),
+        page_size: int | None = None,
+    ) -> Iterator[Delivery]:
+        """Every webhook delivery (of one task, or of all), in delivery order."""
+        token: str | None = None
+        while True:
+            page = self.list_deliveries(
+                task_id, states=states, page_size=page_size, page_token=token
+            )
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
     def watch(
         self,
         *,
