@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 
 from resinkit_grpc.errors import TaskNotFound
+from resinkit_grpc.notification_config import Webhook
 from resinkit_grpc.rules import EventType, TaskStatus
 from resinkit_grpc.store import deliveries
 from resinkit_grpc.store.models import Task, TaskEvent
@@ -94,11 +95,18 @@ def append_event(
         "timestamp": timestamp,
         "actor": actor,
     }
-    _append(connection, row, task)
-
-
-def _append(connection: Connection, row: Mapping[str, Any], task: Mapping[str, Any] | None) -> None:
     hooks = [] if task is None else deliveries.hearing(task, row["event_type"], row["new_status"])
+    _append(connection, row, task, hooks)
+
+
+def _append(
+    connection: Connection,
+    row: Mapping[str, Any],
+    task: Mapping[str, Any] | None,
+    hooks: Sequence[Webhook],
+) -> None:
+    """Inserts the event, and queues a delivery per webhook in `hooks` (those of `task` that
+    hear it)."""
     if task is None or not hooks:
         INSERT.execute(connection, row)
         return
@@ -122,12 +130,13 @@ def append_events(
     the event of rows[i] leaving the task tasks[i]; see append_event. One statement for all,
     unless a webhook hears one of them: then one by one, each with its deliveries."""
     serialize_appends(connection)
-    if any(
+    heard = [
         deliveries.hearing(task, row["event_type"], row["new_status"])
         for row, task in zip(rows, tasks, strict=True)
-    ):
-        for row, task in zip(rows, tasks, strict=True):
-            _append(connection, row, task)
+    ]
+    if any(heard):
+        for row, task, hooks in zip(rows, tasks, heard, strict=True):
+            _append(connection, row, task, hooks)
         return
     INSERT.execute_many(connection, rows)
 
