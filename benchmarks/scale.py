@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, insert
 from benchmarks.progress import Progress
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2_grpc as pb_grpc
+from resinkit_grpc.store import name_index
 from resinkit_grpc.store.filter_indexes import SQLITE_BACKFILL
 from resinkit_grpc.store.migrations import alembic_config, migrate
 from resinkit_grpc.store.tasks import tasks
@@ -39,6 +40,11 @@ SHAPES: dict[str, tuple[pb.TaskFilter, str]] = {
     "name_contains": (pb.TaskFilter(name_contains="NIGHTLY"), ""),  # 1 task in 5
     "rare tag": (pb.TaskFilter(tags_any=["rare-tag"]), "priority desc"),  # 10 tasks
     "name, 1 match": (pb.TaskFilter(name_contains="NEEDLE"), ""),
+    "name, 111 matches+priority desc": (pb.TaskFilter(name_contains="LOAD 1234"), "priority desc"),
+    "name+status+updated asc": (  # 1,111 names, a quarter of them RUNNING
+        pb.TaskFilter(name_contains="load 123", statuses=[pb.TASK_STATUS_RUNNING]),
+        "updated_at asc",
+    ),
     "statuses+updated desc": (
         pb.TaskFilter(statuses=[pb.TASK_STATUS_RUNNING, pb.TASK_STATUS_FAILED]),
         "updated_at desc",
@@ -125,8 +131,10 @@ def cached_database(cache_dir: Path, size: int) -> Path:
                 )
             connection.execute(insert(tasks), rows)
             progress.advance(len(rows))
-        # Inserted around the service: their task_tags rows too (see store/filter_indexes.py).
+        # Inserted around the service: their task_tags rows and name index too (see
+        # store/filter_indexes.py and store/name_index.py).
         connection.exec_driver_sql(SQLITE_BACKFILL)
+        name_index.rebuild(connection)
     progress.close()
     engine.dispose()
     for suffix in ("-wal", "-shm"):

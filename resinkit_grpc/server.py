@@ -36,6 +36,7 @@ from resinkit_grpc.observe.rpcs import Observer, RpcMetrics
 from resinkit_grpc.security.auth import Authenticator
 from resinkit_grpc.security.tls import CertificateFiles, ReloadingCredentials
 from resinkit_grpc.security.tokens import TokenFile
+from resinkit_grpc.store import name_index
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.database import Database
 from resinkit_grpc.store.expiry import due_for_expiry, expire_tasks
@@ -52,6 +53,9 @@ GC_THRESHOLDS = (50_000, 20, 100)
 PURGE_INTERVAL_SECONDS = 600.0
 # Tasks one expiry write moves at most (each with its event).
 EXPIRY_BATCH = 100
+# How often the SQLite name index takes in the log's new events (store/name_index.py): a page
+# with name_contains also reads the events it has not taken in yet, so they stay few.
+NAME_INDEX_INTERVAL_SECONDS = 0.25
 # Once the gate is closed, how long no call must arrive before the server stops.
 GATE_QUIET_SECONDS = 0.1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
@@ -197,6 +201,8 @@ class Server:
             self._jobs.append(asyncio.create_task(self._expire_due_tasks(), name="expiry"))
         if self.settings.retention:
             self._jobs.append(asyncio.create_task(self._purge_old_tasks(), name="retention"))
+        if self.database.writer_engine.dialect.name == "sqlite":
+            self._jobs.append(asyncio.create_task(self._index_names(), name="name-index"))
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         host = self.settings.address.rsplit(":", 1)[0]
@@ -261,6 +267,21 @@ class Server:
                 log.warning("could not expire tasks: %s", error.message)
             except Exception as error:  # a bug: logged, and the job goes on
                 log_unexpected("expiry", error)
+
+    async def _index_names(self) -> None:
+        """Keeps SQLite's name index up with the event log (store/name_index.py), every
+        NAME_INDEX_INTERVAL_SECONDS, in write transactions of at most CATCH_UP_BATCH events."""
+        while True:
+            await asyncio.sleep(NAME_INDEX_INTERVAL_SECONDS)
+            try:
+                if not await self.database.read(name_index.behind):
+                    continue
+                while await self.database.write(name_index.catch_up) == name_index.CATCH_UP_BATCH:
+                    pass
+            except ResinkitError as error:  # the database is away: next time
+                log.warning("could not index task names: %s", error.message)
+            except Exception as error:  # a bug: logged, and the job goes on
+                log_unexpected("name index", error)
 
     async def _purge_old_tasks(self) -> None:
         """Purges tasks that ended or were deleted more than --retention ago, with their

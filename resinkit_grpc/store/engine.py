@@ -70,8 +70,16 @@ def describe(error: BaseException) -> str:
     return f"{kind} ({code})" if code else kind
 
 
-def _unicode_lower(value: object) -> object:
+def fold(value: Any) -> Any:
+    """A name as name_contains compares it: Python's Unicode lower case (SQL's UNICODE_LOWER)."""
     return value.lower() if isinstance(value, str) else value
+
+
+def register_functions(dbapi_connection: Any) -> None:
+    """The SQL functions this service's SQLite statements use, on one sqlite3 connection."""
+    # SQLite's own lower() and LIKE fold ASCII only; name_contains is case-insensitive for
+    # every script, as on PostgreSQL.
+    dbapi_connection.create_function(UNICODE_LOWER, 1, fold, deterministic=True)
 
 
 def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
@@ -98,9 +106,7 @@ def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
-        # SQLite's own lower() and LIKE fold ASCII only; name_contains is case-insensitive for
-        # every script, as on PostgreSQL.
-        dbapi_connection.create_function(UNICODE_LOWER, 1, _unicode_lower, deterministic=True)
+        register_functions(dbapi_connection)
 
     # A writer takes the write lock when its transaction begins, never half-way through: a
     # deferred transaction that reads first and upgrades later fails at once with "database is

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Column, Connection, Index, MetaData, PrimaryKeyConstraint, Table, Text
 from sqlalchemy.dialects import sqlite
 
+from resinkit_grpc.store import name_index
 from resinkit_grpc.store.prepared import Prepared
 
 side_metadata = MetaData()
@@ -80,7 +81,9 @@ POSTGRESQL_INDEXES = {
 }
 
 # Not in the models' metadata: alembic's comparison must neither miss nor propose them.
-SIDE_OBJECTS = frozenset({"task_tags", "ix_task_tags_task_id", "pk_task_tags", *POSTGRESQL_INDEXES})
+SIDE_OBJECTS = frozenset(
+    {"task_tags", "ix_task_tags_task_id", "pk_task_tags", *POSTGRESQL_INDEXES, *name_index.OBJECTS}
+)
 
 
 # SQLite keeps no statistics here (no ANALYZE), so it cannot tell a rare tag from a common one:
@@ -99,11 +102,13 @@ def dense_conditions(
     tags_any: Sequence[str],
     tags_all: Sequence[str],
     created_range: tuple[datetime | None, datetime | None] | None,
+    name_pattern: str | None,
     active_only: bool,
 ) -> frozenset[str]:
     """The conditions (of those an index could drive) that at least DENSE_AT tasks meet: a
     page tests them while walking its sort order instead of starting from their matches.
-    `created_range` is given only when the page is not ordered by created_at."""
+    `created_range` is given only when the page is not ordered by created_at; `name_pattern`
+    (folded) only when the name index can serve it (name_index.serves)."""
     dense = set()
     live = "active = 1 AND " if active_only else ""
 
@@ -131,4 +136,6 @@ def dense_conditions(
         where = " AND ".join(f"created_at {op} ?" for op, _ in kept)
         if kept and many("tasks", where, [value for _, value in kept]):
             dense.add("created_range")
+    if name_pattern and name_index.indexed_count(connection, name_pattern, DENSE_AT) >= DENSE_AT:
+        dense.add("name_contains")
     return frozenset(dense)

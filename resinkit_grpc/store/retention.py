@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from resinkit_grpc.rules import TERMINAL_STATUSES
-from resinkit_grpc.store import deliveries
+from resinkit_grpc.store import deliveries, name_index
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.models import LogHorizon, Task, TaskEvent
 
@@ -105,6 +105,7 @@ def purge_batch(
         return PurgedBatch(0, 0, None, purged_through(connection))
     ids = [row.task_id for row in chosen]
     deliveries.purge_of_tasks(connection, ids)
+    name_index.forget(connection, ids)
     # The ids from the DELETE itself: PostgreSQL plans max(event_id) WHERE task_id IN (...) as
     # a walk down the primary key from the newest event, which for old tasks reads the whole
     # log (measured: seconds per batch at 300,000 events).

@@ -36,8 +36,9 @@ from resinkit_grpc.errors import (
     TaskStateConflict,
 )
 from resinkit_grpc.rules import EventType, TaskStatus, allowed_next, can_transition
+from resinkit_grpc.store import name_index
 from resinkit_grpc.store.clock import utcnow
-from resinkit_grpc.store.engine import UNICODE_LOWER
+from resinkit_grpc.store.engine import UNICODE_LOWER, fold
 from resinkit_grpc.store.events import append_event
 from resinkit_grpc.store.filter_indexes import add_tags, dense_conditions, task_tags
 from resinkit_grpc.store.models import ServiceSecret, Task
@@ -256,6 +257,7 @@ def list_tasks(
             query = dataclasses.replace(query, created_after=None)
     dense = frozenset[str]()
     if connection.dialect.name == "sqlite":
+        pattern = fold(query.name_contains) if query.name_contains else ""
         # PostgreSQL's planner has statistics (ANALYZE) and chooses for itself.
         dense = dense_conditions(
             connection,
@@ -266,6 +268,7 @@ def list_tasks(
             created_range=None
             if order.field == "created_at"
             else (query.created_after, query.created_before),
+            name_pattern=pattern if name_index.serves("sqlite", pattern) else None,
             active_only=not query.show_deleted,
         )
     shape = _list_shape(
@@ -497,6 +500,8 @@ class _ListShape:
     task_types: bool
     created_by: bool
     name_contains: bool
+    # SQLite: name_contains read through store/name_index.py (a pattern it can serve, and rare).
+    name_indexed: bool
     tags_any: bool
     tags_all: int
     created_after: bool
@@ -523,6 +528,9 @@ def _list_shape(
         task_types=bool(query.task_types),
         created_by=query.created_by is not None,
         name_contains=bool(query.name_contains),
+        name_indexed=bool(query.name_contains)
+        and name_index.serves(dialect, fold(query.name_contains))
+        and "name_contains" not in dense,
         tags_any=bool(query.tags_any),
         tags_all=len(query.tags_all),
         created_after=query.created_after is not None,
@@ -548,7 +556,9 @@ def _list_params(query: TaskQuery, *, limit: int, max_bytes: int) -> dict[str, A
         **{f"tag_{i}": tag for i, tag in enumerate(query.tags_all)},
     }
     if query.name_contains:
-        params["name_pattern"] = f"%{_like_escape(query.name_contains.lower())}%"
+        folded = fold(query.name_contains)
+        params["name_pattern"] = f"%{_like_escape(folded)}%"
+        params["name_phrase"] = name_index.phrase(folded)
     return params
 
 
@@ -593,6 +603,8 @@ def _conditions(shape: _ListShape) -> list[ColumnElement[bool]]:
         # SQLite's own lower() and LIKE fold ASCII only; its unicode_lower folds every script.
         lower = getattr(func, UNICODE_LOWER) if shape.dialect == "sqlite" else func.lower
         conditions.append(lower(c.task_name).like(bindparam("name_pattern"), escape=LIKE_ESCAPE))
+        if shape.name_indexed:
+            conditions.append(c.task_id.in_(name_index.candidates()))
     if shape.tags_any:
         conditions.append(_has_any_tag(shape.dialect, "tags_any" in shape.dense))
     if shape.tags_all:
