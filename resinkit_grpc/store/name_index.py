@@ -5,7 +5,7 @@ folds it (engine.UNICODE_LOWER), and the index must hold the names folded the sa
 Writing it with the task is too dear: FTS5 writes a segment per transaction, and a name's 20
 or so trigrams cost 25 to 40 µs per task at the writer's batch sizes, a tenth of a CreateTask
 and half of a batch item's budget. So the index is a projection of the event log, kept by
-`catch_up` in write transactions of its own (the server runs it a few times a second,
+`catch_up` in write transactions of its own (the server runs it ten times a second,
 server._index_names), and a page reads both the index and the tail of the log it has not
 covered yet:
 
@@ -47,14 +47,15 @@ OBJECTS = frozenset(
         FTS,
         STATE,
         KEY_INDEX,
-        *(f"{FTS}_{part}" for part in ("data", "idx", "docsize", "config")),
+        *(f"{FTS}_{part}" for part in ("data", "idx", "config")),
     }
 )
 CREATE = (
     f"CREATE TABLE {TABLE} (key INTEGER PRIMARY KEY, task_id TEXT NOT NULL, name TEXT NOT NULL)",
     f"CREATE UNIQUE INDEX {KEY_INDEX} ON {TABLE} (task_id)",
+    # columnsize=0: no per-row sizes (only ranking uses them), a B-tree write less per name.
     f"CREATE VIRTUAL TABLE {FTS} USING fts5(name, content='{TABLE}', content_rowid='key', "
-    "tokenize='trigram case_sensitive 1')",
+    "columnsize=0, tokenize='trigram case_sensitive 1')",
     f"CREATE TABLE {STATE} (singleton INTEGER PRIMARY KEY CHECK (singleton = 1), "
     "indexed_through INTEGER NOT NULL)",
 )
