@@ -239,3 +239,15 @@ def test_a_failing_row_keeps_none_of_the_rows(engine: Engine) -> None:
                 ).all()
                 == []
             )
+
+
+def test_none_binds_as_null_through_the_driver(engine: Engine) -> None:
+    """The engine's adapter for None (store/engine.py) binds it as SQL NULL, as the driver
+    would without it."""
+    with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            pytest.skip("an adapter of the SQLite driver")
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        found = raw.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone()
+        assert found == (1, "null")
