@@ -259,3 +259,65 @@ def test_the_clients_create_and_get_batches(server: ServerProcess) -> None:
             )
 
     assert asyncio.run(scenario()) == [made[0]]
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    first=st.lists(st.lists(st.sampled_from("abcd"), max_size=3), min_size=1, max_size=150),
+    again=st.data(),
+)
+def test_a_batchs_events_are_exactly_its_new_tasks_in_the_order_of_its_items(
+    stub: Any,
+    engine: sqlalchemy.Engine,
+    first: list[list[str]],
+    again: st.DataObject,
+) -> None:
+    """Across the statements' chunks (up to 150 items): one CREATED event per new task, in
+    item order, stored tags as asked; a second batch repeating some request_ids gets those
+    tasks back and writes events for its new items only."""
+    kind = f"batch-order-{next(_types)}"
+    requests = [
+        item(kind, task_name=f"a{i}", tags=tags, request_id=f"{kind}-{i}" if i % 3 else "")
+        for i, tags in enumerate(first)
+    ]
+    made = stub.BatchCreateTasks(pb.BatchCreateTasksRequest(requests=requests)).tasks
+    assert [t.task_name for t in made] == [r.task.task_name for r in requests]
+    assert [list(t.tags) for t in made] == [list(dict.fromkeys(tags)) for tags in first]
+    repeated = again.draw(st.sets(st.sampled_from(range(len(first)))))
+    second = [item(kind, task_name=f"b{i}") for i in range(again.draw(st.integers(0, 5)))]
+    for i in sorted(repeated):
+        second.insert(again.draw(st.integers(0, len(second))), requests[i])
+    if second:
+        answer = stub.BatchCreateTasks(pb.BatchCreateTasksRequest(requests=second)).tasks
+        by_request = {r.request_id: t for r, t in zip(requests, made, strict=True)}
+        for asked, got in zip(second, answer, strict=True):
+            if asked.request_id:
+                assert got == by_request[asked.request_id]
+    else:
+        answer = []
+    # Every item of the second batch with a request_id repeats one (the others are new tasks).
+    new = [*made, *(t for r, t in zip(second, answer, strict=True) if not r.request_id)]
+    with engine.connect() as connection:
+        logged = connection.execute(
+            sqlalchemy.text(
+                "SELECT e.task_id, e.event_type FROM task_events e "
+                "JOIN tasks t ON t.task_id = e.task_id WHERE t.task_type = :t ORDER BY e.event_id"
+            ),
+            {"t": kind},
+        ).all()
+        if connection.dialect.name == "sqlite":  # task_tags, filter_indexes.py
+            indexed = connection.execute(
+                sqlalchemy.text(
+                    "SELECT g.task_id, g.tag FROM task_tags g JOIN tasks t "
+                    "ON t.task_id = g.task_id WHERE t.task_type = :t"
+                ),
+                {"t": kind},
+            ).all()
+            assert sorted(indexed) == sorted((t.task_id, tag) for t in new for tag in t.tags)
+    assert logged == [(t.task_id, "CREATED") for t in new]
+    got = stub.BatchGetTasks(pb.BatchGetTasksRequest(task_ids=[t.task_id for t in new])).tasks
+    assert list(got) == list(new)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import TaskNotFound
-from resinkit_grpc.store import migrations, tasks
+from resinkit_grpc.store import events, filter_indexes, migrations, tasks
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.prepared import Prepared
 
@@ -179,3 +179,75 @@ def test_an_empty_in_list_is_refused(engine: Engine) -> None:
         assert Prepared(statement).all(connection, {"ids": ["a", "b"]}) == []
         with pytest.raises(ValueError, match="IN list"):
             Prepared(statement).all(connection, {"ids": []})
+
+
+@pytest.mark.parametrize("count", [1, 3, 100, 1000])
+def test_many_rows_go_in_as_sqlalchemy_would_put_them_in_order_and_counted(
+    engine: Engine, count: int
+) -> None:
+    """execute_many of an INSERT (multi-row INSERTs of power-of-two chunks on SQLite) stores
+    every row with its values bound as SQLAlchemy binds them, in the order given (the
+    autoincrement ids follow it), and counts the rows that went in (SQLite; psycopg's count
+    reaches SQLAlchemy as -1): a conflict DO NOTHING skips is not counted."""
+    with engine.begin() as connection:
+        counted = connection.dialect.name == "sqlite"
+        task_id = stored_task(connection)
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "task_id": task_id,
+                "event_type": "UPDATED",
+                "event_data": {"n": n, "text": "naïve ☃"} if n % 2 else None,
+                "previous_status": None,
+                "new_status": "PENDING" if n % 3 else None,
+                "timestamp": now + timedelta(microseconds=n),
+                "actor": f"actor-{n}",
+            }
+            for n in range(count)
+        ]
+        assert events.INSERT.execute_many(connection, rows) == (count if counted else -1)
+        stored = connection.execute(
+            select(*(events.events.c[name] for name in events.EVENT_FIELDS))
+            .where(events.events.c.task_id == task_id, events.events.c.event_type == "UPDATED")
+            .order_by(events.events.c.event_id)
+        ).all()
+        assert [row._asdict() for row in stored] == rows
+        if counted:  # task_tags is SQLite's (filter_indexes.py)
+            tags = [{"tag": f"t{n % (count // 2 + 1)}", "task_id": task_id} for n in range(count)]
+            distinct = len({row["tag"] for row in tags})
+            assert filter_indexes.INSERT_TAGS.execute_many(connection, tags) == distinct
+
+
+def test_a_failing_row_keeps_none_of_the_rows(engine: Engine) -> None:
+    with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            pytest.skip("PostgreSQL aborts the whole transaction")
+        with connection.begin():
+            task_id = stored_task(connection)
+        rows = [
+            {name: None for name in events.EVENT_FIELDS}
+            | {"task_id": task_id, "event_type": "UPDATED", "timestamp": datetime.now(UTC)}
+            for _ in range(5)
+        ]
+        rows[3]["task_id"] = "no such task"  # the foreign key refuses it
+        with connection.begin():
+            with pytest.raises(IntegrityError):
+                events.INSERT.execute_many(connection, rows)
+            assert (
+                connection.execute(
+                    select(events.events.c.event_id).where(events.events.c.event_type == "UPDATED")
+                ).all()
+                == []
+            )
+
+
+def test_none_binds_as_null_through_the_driver(engine: Engine) -> None:
+    """The engine's adapter for None (store/engine.py) binds it as SQL NULL, as the driver
+    would without it."""
+    with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            pytest.skip("an adapter of the SQLite driver")
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        found = raw.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone()
+        assert found == (1, "null")

@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import DateTime, Text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeEngine
 
-from resinkit_grpc.store.types import JSONString, UTCDateTime
+from resinkit_grpc.store.types import JSONString, UTCDateTime, dump_json
 
 DIALECT = sqlite.dialect()
 
@@ -96,3 +98,17 @@ def test_json_written_by_other_tools_reads_back_and_bad_json_fails_as_json_loads
     for bad in ("[1] [2]", "{", ""):
         with pytest.raises(json.JSONDecodeError):
             result(JSONString(), bad)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_JSON)
+def test_json_is_encoded_as_json_dumps_encodes_it_compact(document: Any) -> None:
+    """dump_json skips JSONEncoder.encode's per-call set-up; the text stays json.dumps's."""
+    expected = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    assert dump_json(document) == expected

@@ -47,14 +47,16 @@ def fill_task(task: pb.Task, values: TaskRecord) -> None:
     task.active = bool(values["active"])
     task.etag = etag_of(values["version"])
     for name in _TEXT_FIELDS:
-        if values[name] is not None:
-            setattr(task, name, values[name])
+        value = values[name]
+        if value is not None:
+            setattr(task, name, value)
     for name in _TIMESTAMP_FIELDS:
-        if values[name] is not None:
-            set_timestamp(getattr(task, name), values[name])
+        value = values[name]
+        if value is not None:
+            set_timestamp(getattr(task, name), value)
     for name in LARGE_COLUMNS:
         value = values.get(name)
-        if value is not None:
+        if value:  # an empty document sets nothing
             getattr(task, name).update(value)
     if values["tags"]:
         task.tags.extend(values["tags"])
@@ -124,7 +126,14 @@ def struct_to_dict(message: struct_pb2.Struct, depth: int = 1) -> dict[str, Any]
     for key, value in message.fields.items():
         if "\x00" in key:
             raise UnstorableJSON("keys must not contain NUL characters")
-        result[key] = _value(value, depth)
+        # Text first and without a call: most values of configs are.
+        if value.WhichOneof("kind") == "string_value":
+            text = value.string_value
+            if "\x00" in text:
+                raise UnstorableJSON("strings must not contain NUL characters")
+            result[key] = text
+        else:
+            result[key] = _value(value, depth)
     return result
 
 

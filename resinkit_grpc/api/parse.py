@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -201,16 +201,18 @@ def create_task(request: pb.CreateTaskRequest, webhooks: WebhookRules = ANY_WEBH
         _collect(problems, lambda: task_id(new_id))
     else:
         new_id = new_task_id()
-    problems.check(bool(task.task_type), "task.task_type", "is required")
-    problems.text(task.task_type, "task.task_type", MAX_SHORT_TEXT)
+    # Each field read once: every read of a message's field makes a new Python object.
+    task_type, created_by = task.task_type, task.created_by
+    problems.check(bool(task_type), "task.task_type", "is required")
+    problems.text(task_type, "task.task_type", MAX_SHORT_TEXT)
     problems.check(
         task.status in (pb.TASK_STATUS_UNSPECIFIED, pb.TASK_STATUS_PENDING),
         "task.status",
         "a new task starts in TASK_STATUS_PENDING; leave status unset",
     )
     who = caller(request, problems)
-    problems.text(task.created_by, "task.created_by", MAX_SHORT_TEXT)
-    _check_texts(problems, task)
+    problems.text(created_by, "task.created_by", MAX_SHORT_TEXT)
+    task_name, description = _checked_texts(problems, task)
     configs = _struct(problems, task, "submitted_configs") or {}
     timeout = configs.get("task_timeout_seconds")
     if timeout is not None and not _valid_timeout(timeout):
@@ -221,10 +223,10 @@ def create_task(request: pb.CreateTaskRequest, webhooks: WebhookRules = ANY_WEBH
         timeout = None
     new = NewTask(
         task_id=new_id,
-        task_type=task.task_type,
-        created_by=task.created_by or "system",
-        task_name=optional_text(task.task_name),
-        description=optional_text(task.description),
+        task_type=task_type,
+        created_by=created_by or "system",
+        task_name=task_name or None,
+        description=description or None,
         priority=task.priority,
         submitted_configs=configs,
         notification_config=_notification_config(problems, task, webhooks),
@@ -299,8 +301,7 @@ def batch_get_tasks(request: pb.BatchGetTasksRequest) -> tuple[list[str], bool]:
     return ids, bool(full)
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(NamedTuple):
     """Who makes a mutation, and the key that makes its retries safe."""
 
     actor: str | None
@@ -369,7 +370,7 @@ def update_task(request: pb.UpdateTaskRequest, webhooks: WebhookRules = ANY_WEBH
                 "update_mask", f"{_echo([path])} is not a field of Task that can be updated"
             )
     problems.raise_if_any()
-    _check_texts(problems, task)
+    _checked_texts(problems, task)
     readers: dict[str, Callable[[], Any]] = {
         "task_name": lambda: optional_text(task.task_name),
         "description": lambda: optional_text(task.description),
@@ -599,12 +600,17 @@ def _populated_mutable_fields(task: pb.Task) -> list[str]:
     return [name for name in MUTABLE_FIELDS if name in populated]
 
 
-def _check_texts(problems: Violations, task: pb.Task) -> None:
-    problems.text(task.task_name, "task.task_name", MAX_NAME_LENGTH)
-    problems.text(task.description, "task.description", MAX_DESCRIPTION_LENGTH)
+def _checked_texts(problems: Violations, task: pb.Task) -> tuple[str, str]:
+    """The task's name and description, checked."""
+    name, description = task.task_name, task.description
+    problems.text(name, "task.task_name", MAX_NAME_LENGTH)
+    problems.text(description, "task.description", MAX_DESCRIPTION_LENGTH)
+    return name, description
 
 
 def _tags(problems: Violations, values: Sequence[str]) -> list[str] | None:
+    if not values:
+        return None
     tags = list(dict.fromkeys(values))
     problems.check(len(tags) <= MAX_TAGS, "task.tags", f"at most {MAX_TAGS} tags")
     for tag in tags:
@@ -636,6 +642,8 @@ def _notification_config(
     problems: Violations, task: pb.Task, rules: WebhookRules
 ) -> dict[str, Any] | None:
     """The task's notification_config, checked against its schema (notification_config.py)."""
+    if not task.HasField("notification_config"):
+        return None
     config = _struct(problems, task, "notification_config")
     try:
         parse_notification_config(

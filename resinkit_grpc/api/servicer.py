@@ -77,7 +77,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
     async def CreateTask(self, request: pb.CreateTaskRequest, context: Context) -> pb.Task:
         new = parse.create_task(request, self._webhooks)
         if (caller := self._authenticated(context)) is not None:
-            new = dataclasses.replace(new, created_by=caller, actor=caller)
+            new = new._replace(created_by=caller, actor=caller)
         row = await self._db.write(tasks.create_task, new)
         return task_to_proto(row)
 
@@ -87,7 +87,7 @@ class TaskService(pb_grpc.TaskServiceServicer):
     ) -> pb.BatchCreateTasksResponse:
         news = parse.batch_create_tasks(request, self._webhooks)
         if (caller := self._authenticated(context)) is not None:
-            news = [dataclasses.replace(new, created_by=caller, actor=caller) for new in news]
+            news = [new._replace(created_by=caller, actor=caller) for new in news]
         # The reply is built inside the transaction: one that would not fit in a response is
         # refused before anything commits.
         response: pb.BatchCreateTasksResponse = await self._db.write(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 _VERSION = 0x7 << 76
 _VARIANT = 0b10 << 62
@@ -25,4 +24,6 @@ def new_task_id() -> str:
     """A fresh UUIDv7 in its canonical text form."""
     unix_ms = time.time_ns() // 1_000_000
     random_bits = int.from_bytes(os.urandom(10), "big") & _RANDOM
-    return str(uuid.UUID(int=(unix_ms << 80) | _VERSION | random_bits | _VARIANT))
+    # Written out here: uuid.UUID's checks and str() cost twice what the rest does, per task.
+    digits = f"{(unix_ms << 80) | _VERSION | random_bits | _VARIANT:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

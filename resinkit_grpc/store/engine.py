@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -82,7 +83,16 @@ def register_functions(dbapi_connection: Any) -> None:
     dbapi_connection.create_function(UNICODE_LOWER, 1, fold, deterministic=True)
 
 
+def _null(value: None) -> None:
+    return value
+
+
 def _sqlite_engine(url: URL, settings: Settings, *, immediate: bool) -> Engine:
+    # The driver binds None as it would a type it does not know: a look-up among its adapters,
+    # then __adapt__ and __conform__ (failed attribute look-ups), about 0.7 µs per None; a new
+    # task's row binds ten, its event two. An adapter for None makes that one dictionary
+    # look-up (None still binds as NULL). Process-wide, and the same for every connection.
+    sqlite3.register_adapter(type(None), _null)
     engine = create_engine(
         url,
         # Errors never quote what a caller sent (or the page-token secret) into logs.
