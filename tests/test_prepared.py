@@ -135,6 +135,7 @@ def test_pages_with_in_lists_equal_sqlalchemys_own(engine: Engine) -> None:
             task_types=True,
             created_by=False,
             name_contains=False,
+            name_indexed=False,
             tags_any=True,
             tags_all=0,
             created_after=False,
