@@ -34,9 +34,13 @@ tasks = cast(Table, Task.__table__)
 
 # Shared by every replica: serializes event appends (see append_event).
 EVENT_APPEND_LOCK_KEY = 0x7265_736B_6576_74  # "reskevt"
-APPEND_LOCK = text(f"SELECT pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY})")
 NOTIFY_CHANNEL = "resinkit_task_events"
-NOTIFY = text(f"NOTIFY {NOTIFY_CHANNEL}")
+# The lock, and the NOTIFY its transaction sends when it commits, in one round trip: each one
+# the writer saves while holding the lock shortens every replica's wait for it. pg_notify with
+# an empty payload is what NOTIFY without one sends.
+APPEND_LOCK = text(
+    f"SELECT pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY}), pg_notify('{NOTIFY_CHANNEL}', '')"
+)
 _APPENDS_LOCKED_BY = "resinkit_appends_locked_by"
 
 EVENT_FIELDS = (
@@ -155,7 +159,6 @@ def serialize_appends(connection: Connection) -> None:
     if connection.info.get(_APPENDS_LOCKED_BY) is transaction:
         return
     connection.execute(APPEND_LOCK)
-    connection.execute(NOTIFY)
     connection.info[_APPENDS_LOCKED_BY] = transaction
 
 
