@@ -117,7 +117,7 @@ def with_event(change: Insert) -> Insert:
 
 def append_with(
     connection: Connection,
-    statement: Insert,
+    statement: Prepared,
     params: Mapping[str, Any],
     task_id: str,
     event_type: EventType,
@@ -137,7 +137,7 @@ def append_with(
     for name in EVENT_FIELDS:
         if name != "task_id":
             values[f"event_{name}"] = row[name]
-    event_id = connection.execute(statement, values).scalar()
+    event_id = statement.returned(connection, values)
     if event_id is None:
         return False
     if task is not None:

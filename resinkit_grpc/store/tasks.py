@@ -87,11 +87,13 @@ SELECT_BY_REQUEST_ID = select(*FULL_COLUMNS).where(tasks.c.request_id == bindpar
 # the task went in (on SQLite RETURNING would cost the writer two more trips for the GIL: see
 # writer.py).
 INSERT_SQLITE = Prepared(sqlite.insert(tasks).on_conflict_do_nothing())
-CREATE_POSTGRESQL = with_event(
-    postgresql.insert(tasks)
-    .values({column.name: bindparam(column.name) for column in tasks.c})
-    .on_conflict_do_nothing()
-    .returning(tasks.c.task_id)
+CREATE_POSTGRESQL = Prepared(
+    with_event(
+        postgresql.insert(tasks)
+        .values({column.name: bindparam(column.name) for column in tasks.c})
+        .on_conflict_do_nothing()
+        .returning(tasks.c.task_id)
+    )
 )
 # No RETURNING: the writer knows every value it wrote, and reading them back cost more than the
 # write.
