@@ -252,3 +252,34 @@ def test_none_binds_as_null_through_the_driver(engine: Engine) -> None:
         assert raw is not None
         found = raw.execute("SELECT ? IS NULL, typeof(?)", (None, None)).fetchone()
         assert found == (1, "null")
+
+
+def test_a_returned_value_and_its_absence_equal_sqlalchemys_own(engine: Engine) -> None:
+    """`returned` (through psycopg on PostgreSQL) binds timestamps and JSON as SQLAlchemy
+    does, converts what comes back the same way, and is None when no row comes back."""
+    when = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    statement = tasks.UPDATE.values(
+        expires_at=bindparam("expires_at"), tags=bindparam("tags")
+    ).returning(tasks.tasks.c.expires_at)
+    with engine.begin() as connection:
+        task_id = stored_task(connection)
+        params = {"key_task_id": task_id, "expires_at": when, "tags": ["x", "ÿ"]}
+        through_driver = Prepared(statement).returned(connection, params)
+        assert through_driver == connection.execute(statement, params).scalar() == when
+        assert through_driver.tzinfo is UTC
+        assert tasks.get_task(connection, task_id)["tags"] == ["x", "ÿ"]
+        missing = {**params, "key_task_id": "no such task"}
+        assert Prepared(statement).returned(connection, missing) is None
+
+
+def test_a_returned_statements_errors_arrive_as_sqlalchemys_exceptions(engine: Engine) -> None:
+    duplicate = Prepared(
+        insert(tasks.tasks)
+        .values({column.name: bindparam(column.name) for column in tasks.tasks.c})
+        .returning(tasks.tasks.c.task_id)
+    )
+    with engine.connect() as connection:
+        with connection.begin():
+            record = tasks.get_task(connection, stored_task(connection))
+        with pytest.raises(IntegrityError), connection.begin():
+            duplicate.returned(connection, record)

@@ -90,6 +90,40 @@ def test_one_failing_operation_in_a_batch_is_undone_alone(database: Database) ->
         assert [events_of(connection, t) for t in ("before", "failed", "after")] == [1, 0, 1]
 
 
+def test_a_create_of_a_taken_id_among_others_appends_no_event_and_fails_alone(
+    database: Database,
+) -> None:
+    # On PostgreSQL the task and its event go in with one statement: a task that does not go
+    # in must take its event with it, and its neighbours must keep theirs.
+    async def scenario() -> list[Any]:
+        await database.write(tasks.create_task, new_task("taken"))
+        release, holding = await held_batch(database)
+        batch = [
+            asyncio.ensure_future(database.write(tasks.create_task, new_task(task_id)))
+            for task_id in ("first", "taken", "second")
+        ]
+        await asyncio.sleep(0.05)  # all three are queued behind the held operation
+        release.set()
+        await holding
+        return list(await asyncio.gather(*batch, return_exceptions=True))
+
+    first, again, second = asyncio.run(scenario())
+    assert (first["task_id"], second["task_id"]) == ("first", "second")
+    assert isinstance(again, TaskAlreadyExists)
+    with database.reader_engine.connect() as connection:
+        assert [events_of(connection, t) for t in ("first", "taken", "second")] == [1, 1, 1]
+        log = connection.execute(
+            select(events_table.c.task_id, events_table.c.event_type).order_by(
+                events_table.c.event_id
+            )
+        ).all()
+    assert [tuple(row) for row in log] == [
+        ("taken", "CREATED"),
+        ("first", "CREATED"),
+        ("second", "CREATED"),
+    ]
+
+
 def test_a_lone_failing_operation_leaves_nothing_behind(database: Database) -> None:
     async def scenario() -> None:
         with pytest.raises(TaskAlreadyExists):

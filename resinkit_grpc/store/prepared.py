@@ -11,7 +11,10 @@ and each call binds its values with the columns' own bind processors, runs the S
 driver's connection (inside whatever transaction SQLAlchemy began), and converts a row with the
 columns' own result processors: the SQL, the types and the transaction stay SQLAlchemy's. Driver
 errors are raised as SQLAlchemy's exceptions, as from Connection.execute. Other dialects run
-the statement through Connection.execute unchanged: there the network round trip dominates.
+the statement through Connection.execute unchanged, except `returned` on PostgreSQL, which
+takes the same path through psycopg: CreateTask's one statement, run by the writer while it
+holds the event-append lock, where SQLAlchemy's execution cost about 140 µs of the GIL per
+call (measured: 300 µs against 155 µs through the driver).
 
 IN-list (expanding) parameters are written out as SQLAlchemy writes them, one placeholder per
 value, and each length of list gets its SQL built once.
@@ -86,6 +89,7 @@ class Prepared:
     def __init__(self, statement: Statement) -> None:
         self.statement = statement
         self._sqlite: _Compiled | None = None
+        self._postgresql: _Compiled | None = None
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> int:
         """Runs a DML statement; returns the driver's rowcount."""
@@ -125,6 +129,86 @@ class Prepared:
             return changed
         except sqlite3.Error as error:
             raise _wrapped(error, compiled, {}, connection.dialect) from error
+
+    def returned(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+        """Runs a statement that returns at most one row (a DML statement's RETURNING, say);
+        returns its first column, or None when it returned no row."""
+        if DRIVER_PATH.on and connection.dialect.name == "postgresql":
+            return self._returned_postgresql(connection, params)
+        if not DRIVER_PATH.on or connection.dialect.name != "sqlite":
+            return connection.execute(self.statement, dict(params)).scalar()
+        row = self.first(connection, params)
+        return None if row is None else next(iter(row.values()))
+
+    def _returned_postgresql(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+        import psycopg  # imported already: the connection is psycopg's
+
+        compiled = self._postgresql_compiled(connection.dialect)
+        values = {
+            name: value if value is None or process is None else process(value)
+            for name, process in zip(compiled.names, compiled.binds, strict=True)
+            for value in (params[name] if name in params else compiled.defaults[name],)
+        }
+        if not connection.in_transaction():
+            connection.begin()  # SQLAlchemy's autobegin (psycopg sends BEGIN itself)
+        raw = connection.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        try:
+            with raw.cursor() as cursor:
+                cursor.execute(compiled.sql, values)
+                row = cursor.fetchone() if cursor.description is not None else None
+        except psycopg.Error as error:
+            dbapi_error: Any = error
+            lost = connection.dialect.is_disconnect(
+                dbapi_error, connection.connection.dbapi_connection, None
+            )
+            raise DBAPIError.instance(
+                compiled.sql,
+                {},
+                error,
+                psycopg.Error,
+                hide_parameters=True,
+                connection_invalidated=lost,
+                dialect=connection.dialect,
+            ) from error
+        if row is None:
+            return None
+        value = row[0]
+        for index, _key, process in compiled.results:
+            if index == 0 and value is not None:
+                value = process(value)
+        return value
+
+    def _postgresql_compiled(self, dialect: Dialect) -> _Compiled:
+        if self._postgresql is None:
+            compiled = self.statement.compile(dialect=dialect)
+            if any(bind.expanding for bind in compiled.binds.values()):
+                raise ValueError("a Prepared statement with IN lists cannot run on PostgreSQL")
+            names = tuple(compiled.binds)
+            # A SELECT's columns, or what a DML statement RETURNs.
+            columns = tuple(self.statement.exported_columns)
+            self._postgresql = _Compiled(
+                sql=compiled.string,
+                names=names,
+                binds=tuple(
+                    compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                    for name in names
+                ),
+                defaults={
+                    name: bind.value for name, bind in compiled.binds.items() if not bind.required
+                },
+                expanding=frozenset(),
+                keys=(),
+                results=tuple(
+                    (index, str(column.key), process)
+                    for index, column in enumerate(columns)
+                    for process in (
+                        column.type.dialect_impl(dialect).result_processor(dialect, None),
+                    )
+                    if process is not None
+                ),
+            )
+        return self._postgresql
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Runs a SELECT; returns its first row as column key -> value, or None."""
@@ -192,9 +276,8 @@ class Prepared:
             )
             columns = [
                 (str(column.key), column.type.dialect_impl(dialect).result_processor(dialect, None))
-                for column in (
-                    self.statement.selected_columns if isinstance(self.statement, Select) else ()
-                )
+                # A SELECT's columns, or what a DML statement RETURNs.
+                for column in self.statement.exported_columns
             ]
             self._sqlite = _Compiled(
                 sql=compiled.string,

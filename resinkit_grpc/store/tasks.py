@@ -39,7 +39,7 @@ from resinkit_grpc.rules import EventType, TaskStatus, allowed_next, can_transit
 from resinkit_grpc.store import name_index
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.engine import UNICODE_LOWER, fold
-from resinkit_grpc.store.events import append_event
+from resinkit_grpc.store.events import append_event, append_with, with_event
 from resinkit_grpc.store.filter_indexes import add_tags, dense_conditions, task_tags
 from resinkit_grpc.store.models import ServiceSecret, Task
 from resinkit_grpc.store.prepared import Prepared
@@ -83,10 +83,19 @@ SELECT_BASIC = Prepared(select(*BASIC_COLUMNS).where(_BY_ID))
 SELECT_FOR_UPDATE = Prepared(select(*FULL_COLUMNS).where(_BY_ID).with_for_update())
 SELECT_BY_REQUEST_ID = select(*FULL_COLUMNS).where(tasks.c.request_id == bindparam("request_id"))
 # Waits for a concurrent insert of the same key to commit, then does nothing. Whether the row
-# went in: pysqlite's rowcount says so; psycopg's reaches SQLAlchemy as -1, so RETURNING it is
-# there (on SQLite it would cost the writer two more trips for the GIL: see writer.py).
+# went in: pysqlite's rowcount says so; on PostgreSQL, whether the task_id comes back from
+# RETURNING, in the statement that also inserts the CREATED event (see events.with_event) when
+# the task went in (on SQLite RETURNING would cost the writer two more trips for the GIL: see
+# writer.py).
 INSERT_SQLITE = Prepared(sqlite.insert(tasks).on_conflict_do_nothing())
-INSERT_POSTGRESQL = postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id)
+CREATE_POSTGRESQL = Prepared(
+    with_event(
+        postgresql.insert(tasks)
+        .values({column.name: bindparam(column.name) for column in tasks.c})
+        .on_conflict_do_nothing()
+        .returning(tasks.c.task_id)
+    )
+)
 # No RETURNING: the writer knows every value it wrote, and reading them back cost more than the
 # write.
 UPDATE = sql_update(tasks).where(_BY_ID)
@@ -172,26 +181,38 @@ def create_task(connection: Connection, new: NewTask) -> TaskRecord:
     if new.timeout_seconds is not None:
         expires_at = now + timedelta(seconds=new.timeout_seconds)
     record = new_record(new, now, expires_at)
+    actor = new.actor or new.created_by
     if connection.dialect.name == "sqlite":
         inserted = INSERT_SQLITE.execute(connection, record) == 1
+        if inserted:
+            if record["tags"]:
+                add_tags(connection, [record])
+            append_event(
+                connection,
+                new.task_id,
+                EventType.CREATED,
+                now,
+                new_status=TaskStatus.PENDING,
+                actor=actor,
+                task=record,
+            )
     else:
-        inserted = connection.execute(INSERT_POSTGRESQL, record).first() is not None
+        inserted = append_with(
+            connection,
+            CREATE_POSTGRESQL,
+            record,
+            new.task_id,
+            EventType.CREATED,
+            now,
+            new_status=TaskStatus.PENDING,
+            actor=actor,
+            task=record,
+        )
     if not inserted:
         first = None if new.request_id is None else _by_request_id(connection, new.request_id)
         if first is not None:
             return first
         raise TaskAlreadyExists(new.task_id)
-    if record["tags"]:
-        add_tags(connection, [record])
-    append_event(
-        connection,
-        new.task_id,
-        EventType.CREATED,
-        now,
-        new_status=TaskStatus.PENDING,
-        actor=new.actor or new.created_by,
-        task=record,
-    )
     return record
 
 
