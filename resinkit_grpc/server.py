@@ -57,6 +57,7 @@ EXPIRY_BATCH = 100
 # with name_contains also reads the events it has not taken in yet (about 10 µs each), so they
 # stay few.
 NAME_INDEX_INTERVAL_SECONDS = 0.1
+NAME_INDEX_RETRY_SECONDS = 10.0
 # Once the gate is closed, how long no call must arrive before the server stops.
 GATE_QUIET_SECONDS = 0.1
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
@@ -272,8 +273,12 @@ class Server:
     async def _index_names(self) -> None:
         """Keeps SQLite's name index up with the event log (store/name_index.py), every
         NAME_INDEX_INTERVAL_SECONDS, in write transactions of at most CATCH_UP_BATCH events."""
+        pause = NAME_INDEX_INTERVAL_SECONDS
         while True:
-            await asyncio.sleep(NAME_INDEX_INTERVAL_SECONDS)
+            await asyncio.sleep(pause)
+            # After a failure, a while before the next attempt: pages stay right meanwhile (they
+            # read the events the index has not taken in), and the log is not flooded.
+            pause = NAME_INDEX_INTERVAL_SECONDS
             try:
                 if not await self.database.read(name_index.behind):
                     continue
@@ -281,8 +286,10 @@ class Server:
                     pass
             except ResinkitError as error:  # the database is away: next time
                 log.warning("could not index task names: %s", error.message)
+                pause = NAME_INDEX_RETRY_SECONDS
             except Exception as error:  # a bug: logged, and the job goes on
                 log_unexpected("name index", error)
+                pause = NAME_INDEX_RETRY_SECONDS
 
     async def _purge_old_tasks(self) -> None:
         """Purges tasks that ended or were deleted more than --retention ago, with their

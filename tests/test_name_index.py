@@ -231,3 +231,24 @@ def test_a_served_name_is_found_at_once_and_indexed_soon_after(tmp_path: Path) -
 
 def _named(pattern: str) -> pb.ListTasksRequest:
     return pb.ListTasksRequest(filter=pb.TaskFilter(name_contains=pattern))
+
+
+def test_a_failing_catch_up_is_logged_once_per_retry_interval_and_pages_stay_right(
+    tmp_path: Path,
+) -> None:
+    """With its index's state gone (an operator's hand), the job fails at every attempt: it
+    says so and waits (server.NAME_INDEX_RETRY_SECONDS) instead of logging ten times a second;
+    everything else goes on being served."""
+    path = tmp_path / "broken.db"
+    server = ServerProcess(f"sqlite:///{path}", tmp_path).start()
+    try:
+        stub = server.stub()
+        with sqlite3.connect(path) as raw:
+            raw.execute("DROP TABLE task_names_state")
+        made = stub.CreateTask(pb.CreateTaskRequest(task=pb.Task(task_type="t", task_name="ab")))
+        time.sleep(2.0)  # twenty attempts, were there no pause after a failure
+        # A pattern of two characters walks the order: the index is not read.
+        assert [t.task_id for t in stub.ListTasks(_named("AB")).tasks] == [made.task_id]
+        assert server.log().count("could not index task names") == 1, server.log()
+    finally:
+        assert server.stop() == 0, server.log()
