@@ -11,11 +11,14 @@ for `wait`, also a task that ended FAILED or CANCELLED or was deleted), 2 a usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -559,9 +562,29 @@ def run_watch(args: argparse.Namespace) -> int:
             after_event_id=args.after,
             until_terminal=args.until_terminal,
         )
-        with watch:
+        with watch, _interrupt_closes(watch) as interrupted:
             print_events(args, watch)
-    return EXIT_OK
+    return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_OK
+
+
+@contextlib.contextmanager
+def _interrupt_closes(watch: Any) -> Iterator[threading.Event]:
+    """Ctrl-C closes the watch, which then ends as a stream the server ended would: a
+    KeyboardInterrupt raised somewhere inside grpc's machinery may be lost there (and the
+    command would go on watching). A second Ctrl-C interrupts as usual."""
+    interrupted = threading.Event()
+
+    def close(signum: int, frame: Any) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        watch.close()
+
+    previous = signal.signal(signal.SIGINT, close)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def print_events(args: argparse.Namespace, events: Iterator[TaskEvent]) -> None:
