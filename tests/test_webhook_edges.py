@@ -1,17 +1,25 @@
 """Webhook deliveries at their edges, each test from an adversarial review of the first version
-(each failed then): a receiver's odd Retry-After, bodies made by other processes, redelivery
-beside a disabled webhook and beside an attempt in flight."""
+or from a failure seen in a run (each failed then): a receiver's odd Retry-After, bodies made by
+other processes, redelivery beside a disabled webhook and beside an attempt in flight, a
+shutdown racing a commit."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+from resinkit_grpc.config import Settings
 from resinkit_grpc.gen.resinkit.v1 import task_service_pb2 as pb
+from resinkit_grpc.notify.secrets import WebhookSecrets
+from resinkit_grpc.notify.worker import DeliveryWorker
+from resinkit_grpc.store.database import Database
+from resinkit_grpc.store.migrations import migrate
 from tests.receivers import Answer, Received, Receiver
 from tests.servers import ServerProcess
 from tests.test_webhooks import FAST, config, create, deliveries, move, wait_until
@@ -147,3 +155,34 @@ def test_redelivery_of_an_earlier_event_waits_for_the_later_one_in_flight(
             assert receiver.count() == before, "the earlier event went out beside the later one"
         finally:
             hold.set()
+
+
+def test_close_returns_when_a_commit_wakes_the_worker_as_it_is_cancelled(tmp_path: Path) -> None:
+    """Found in a full test run: a server ignored SIGTERM for 30 s. The worker's loop waited for
+    its wake-up with asyncio.wait_for, which on Python 3.11 swallows a cancellation that arrives
+    together with the wake-up (a commit during shutdown): close() cancelled the loop and waited
+    for it forever. Here the commit's wake-up and close() meet in the same turn of the loop."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    settings = Settings(database_url=url, webhook_poll_interval=30.0)
+
+    async def main() -> None:
+        database = Database(settings)
+        try:
+            migrate(database.writer_engine)
+            worker = DeliveryWorker(database, settings, WebhookSecrets(None))
+            await worker.start()
+            await asyncio.sleep(0.2)  # the loop has looked, found nothing, and waits
+            for _ in range(3):
+                worker._committed()  # what each commit that queued a delivery does
+                closing = asyncio.create_task(worker.close(0))
+                done, _ = await asyncio.wait({closing}, timeout=2.0)
+                assert done, "close() still waits for the worker's loop"
+                assert worker.in_flight == 0
+                worker = DeliveryWorker(database, settings, WebhookSecrets(None))
+                await worker.start()
+                await asyncio.sleep(0.05)
+            await worker.close(0)
+        finally:
+            await asyncio.to_thread(database.close)
+
+    asyncio.run(main())

@@ -115,8 +115,9 @@ class DeliveryWorker:
         self._closing = True
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            # wait(), not `await self._runner` under suppress(CancelledError): that would
+            # also swallow a cancellation of close() itself.
+            await asyncio.wait([self._runner])
         if self._in_flight:
             _, cut = await asyncio.wait(self._in_flight, timeout=grace)
             for task in cut:
@@ -124,13 +125,14 @@ class DeliveryWorker:
             if cut:
                 await asyncio.wait(cut)
         if self._settling is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._settling, timeout=max(grace, 1.0))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(grace, 1.0)):
+                    await self._settling
         if self._session is not None:
             await self._session.close()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             more = False
             try:
@@ -141,8 +143,12 @@ class DeliveryWorker:
                 log_unexpected("webhook deliveries", error)
             if more:
                 continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the wake-up does (a commit during shutdown), and close() would wait for
+            # this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.webhook_poll_interval)
+                async with asyncio.timeout(self._settings.webhook_poll_interval):
+                    await self._wake.wait()
             # Let the commits of a busy moment gather: one look then claims them together.
             await asyncio.sleep(GATHER_SECONDS)
 

@@ -73,8 +73,9 @@ class EventTail:
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # wait(), not `await self._task` under suppress(CancelledError): that would also
+            # swallow a cancellation of stop() itself.
+            await asyncio.wait([self._task])
         if self._commit_watch is not None:
             await asyncio.to_thread(self._commit_watch.join)
 
