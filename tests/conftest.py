@@ -72,6 +72,9 @@ def start_server(
     yield start
     for process in started:
         process.stop()
+    # Whatever a test did to them, servers must still stop when told to.
+    hung = [process for process in started if process.hung]
+    assert not hung, f"a server did not stop within 30 s of SIGTERM:\n{hung[0].log()[-8000:]}"
 
 
 @pytest.fixture

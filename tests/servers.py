@@ -34,6 +34,8 @@ class ServerProcess:
         self.console_url = ""  # with --console-address: http://HOST:PORT/
         self._log: IO[str] | None = None
         self._channels: list[grpc.Channel] = []
+        # Whether stop() had to kill it: it did not exit within 30 s of its signal.
+        self.hung = False
 
     def start(self) -> ServerProcess:
         self._log = self.log_path.open("w")
@@ -104,6 +106,7 @@ class ServerProcess:
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
+                self.hung = True
                 self.process.send_signal(signal.SIGUSR1)  # faulthandler: stacks into the log
                 time.sleep(1)
                 self.process.kill()
