@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Connection, event, func, select
 from sqlalchemy.exc import DBAPIError
 
@@ -22,7 +25,7 @@ from resinkit_grpc.errors import (
     TaskAlreadyExists,
     TaskNotFound,
 )
-from resinkit_grpc.store import migrations, tasks
+from resinkit_grpc.store import batches, migrations, tasks
 from resinkit_grpc.store.database import Database, call_deadline
 from resinkit_grpc.store.events import events as events_table
 from resinkit_grpc.store.writer import GroupWriter, TransactionAborted
@@ -364,3 +367,132 @@ def test_a_failed_commit_is_reported_as_an_unknown_outcome(database: Database, w
         if where == "commit":
             event.remove(database.writer_engine, "commit", fail_commit)
     assert error.outcome_unknown == (where == "commit")
+
+
+# CreateTasks queued together run as one call of batches.create_tasks (GroupWriter.submit_item).
+# Whatever the mix (taken ids, a request_id used before or twice in one batch, other operations
+# between them, one failing), each caller must get what it would have got had the calls run one
+# by one in their queue order, and the log must hold exactly the CREATED events of the tasks
+# made, in that order.
+_CREATE = st.tuples(
+    st.just("create"),
+    st.integers(0, 15),  # task_id among few, so that some are taken
+    st.one_of(st.none(), st.none(), st.integers(0, 3)),  # request_id, likewise
+)
+_CALLS = st.lists(
+    st.one_of(
+        _CREATE,
+        _CREATE,
+        _CREATE,
+        st.tuples(st.sampled_from(["fail", "other"]), st.integers(0, 5), st.none()),
+    ),
+    min_size=1,
+    max_size=12,
+)
+_examples = itertools.count()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(calls=_CALLS, created_before=st.sets(st.integers(0, 15), max_size=2))
+def test_creates_run_together_answer_each_caller_as_if_they_ran_alone(
+    database: Database, calls: list[tuple[str, int, int | None]], created_before: set[int]
+) -> None:
+    run = f"x{next(_examples)}-"  # this example's own ids, in the one database
+
+    def new(task: int, request: int | None) -> tasks.NewTask:
+        request_id = None if request is None else f"{run}r{request}"
+        return new_task(f"{run}t{task}")._replace(request_id=request_id)
+
+    # The model: the calls one by one.
+    made: dict[str, str] = {f"{run}t{task}": "before" for task in created_before}
+    by_request: dict[str, str] = {}
+    expected: list[str | type[Exception]] = []
+    created: list[str] = []
+    for kind, task, request in calls:
+        task_id = f"{run}t{task}" if kind == "create" else f"{run}{kind}{task}-{len(expected)}"
+        request_id = None if request is None else f"{run}r{request}"
+        if kind == "fail":
+            expected.append(TaskAlreadyExists)
+        elif request_id is not None and request_id in by_request:
+            expected.append(by_request[request_id])
+        elif task_id in made:
+            expected.append(TaskAlreadyExists)
+        else:
+            made[task_id] = "now"
+            created.append(task_id)
+            if request_id is not None:
+                by_request[request_id] = task_id
+            expected.append(task_id)
+
+    async def scenario() -> list[Any]:
+        for task in sorted(created_before):
+            await database.write(tasks.create_task, new(task, None))
+        release, holding = await held_batch(database)
+        writes = []
+        for index, (kind, task, request) in enumerate(calls):
+            if kind == "create":
+                write = database.write_item(batches.create_tasks, new(task, request))
+            elif kind == "fail":
+                write = database.write(create_then_fail, f"{run}fail{task}-{index}")
+            else:
+                write = database.write(tasks.create_task, new_task(f"{run}other{task}-{index}"))
+            writes.append(asyncio.ensure_future(write))
+        await asyncio.sleep(0.02)  # all queued behind the held operation: one batch
+        release.set()
+        await holding
+        return list(await asyncio.gather(*writes, return_exceptions=True))
+
+    outcomes = asyncio.run(scenario())
+    for (kind, _, _), want, got in zip(calls, expected, outcomes, strict=True):
+        if isinstance(want, type):
+            assert isinstance(got, want), (kind, want, got)
+        else:
+            assert not isinstance(got, Exception), (kind, want, got)
+            assert got["task_id"] == want, (kind, want, got["task_id"])
+    with database.reader_engine.connect() as connection:
+        log = connection.execute(
+            select(events_table.c.task_id)
+            .where(events_table.c.task_id.startswith(run, autoescape=True))
+            .where(events_table.c.event_type == "CREATED")
+            .order_by(events_table.c.event_id)
+        ).scalars()
+        assert list(log)[len(created_before) :] == created
+
+
+def test_items_queued_together_run_as_one_call_in_queue_order(database: Database) -> None:
+    """Items of one `together` that follow each other in a batch make one call of it; another
+    operation between them splits the run, so nothing is reordered around it."""
+    calls: list[list[str]] = []
+
+    def counting(connection: Connection, news: list[tasks.NewTask]) -> list[Any]:
+        calls.append([new.task_id for new in news])
+        return batches.create_tasks(connection, news)
+
+    async def scenario() -> list[Any]:
+        release, holding = await held_batch(database)
+        writes = [
+            database.write_item(counting, new_task("c1")),
+            database.write_item(counting, new_task("c2")),
+            database.write_item(counting, new_task("c3")),
+            database.write(tasks.create_task, new_task("between")),
+            database.write_item(counting, new_task("c4")),
+            database.write_item(counting, new_task("c5")),
+        ]
+        queued = [asyncio.ensure_future(write) for write in writes]
+        await asyncio.sleep(0.05)
+        release.set()
+        await holding
+        return list(await asyncio.gather(*queued))
+
+    answers = asyncio.run(scenario())
+    assert [answer["task_id"] for answer in answers] == ["c1", "c2", "c3", "between", "c4", "c5"]
+    assert calls == [["c1", "c2", "c3"], ["c4", "c5"]]
+    with database.reader_engine.connect() as connection:
+        log = connection.execute(
+            select(events_table.c.task_id).order_by(events_table.c.event_id)
+        ).scalars()
+        assert list(log) == ["c1", "c2", "c3", "between", "c4", "c5"]

@@ -78,7 +78,8 @@ class TaskService(pb_grpc.TaskServiceServicer):
         new = parse.create_task(request, self._webhooks)
         if (caller := self._authenticated(context)) is not None:
             new = new._replace(created_by=caller, actor=caller)
-        row = await self._db.write(tasks.create_task, new)
+        # CreateTasks queued together run as one batch (batches.create_tasks).
+        row = await self._db.write_item(batches.create_tasks, new)
         return task_to_proto(row)
 
     @translate_errors

@@ -32,6 +32,7 @@ from resinkit_grpc.store.tasks import (
     LARGE_COLUMNS,
     NewTask,
     TaskRecord,
+    create_task,
     new_record,
     tasks,
 )
@@ -66,15 +67,28 @@ def at_index(error: ResinkitError, index: int) -> ResinkitError:
     return error
 
 
+def create_tasks(connection: Connection, news: list[NewTask]) -> list[TaskRecord]:
+    """Several callers' CreateTasks in one pass (the writer runs those queued together this
+    way, see GroupWriter.submit_item): for each, what create_task would have returned, in
+    order; or an error when any of them would not simply succeed (a taken task_id, a request_id
+    used twice among them), and the writer then runs each alone."""
+    if len(news) == 1:
+        return [create_task(connection, news[0])]
+    return batch_create_tasks(connection, news, list, name_failures=False)
+
+
 def batch_create_tasks(
     connection: Connection,
     news: Sequence[NewTask],
     reply: Callable[[list[TaskRecord]], T],
+    *,
+    name_failures: bool = True,
 ) -> T:
     """Creates every task of `news` with its CREATED event (in order), or none: the first item
-    that fails raises, marked with its index. An item whose request_id was used before returns
-    the task it created and writes nothing. `reply` turns the tasks into the caller's answer
-    inside the transaction, so that an answer it refuses (too large) writes nothing either."""
+    that fails raises, marked with its index (unless not `name_failures`: then some error, at
+    less cost). An item whose request_id was used before returns the task it created and
+    writes nothing. `reply` turns the tasks into the caller's answer inside the transaction,
+    so that an answer it refuses (too large) writes nothing either."""
     done: dict[str, TaskRecord] = {}
     request_ids = [new.request_id for new in news if new.request_id is not None]
     if request_ids:
@@ -95,7 +109,7 @@ def batch_create_tasks(
         records.append(record)
         fresh.append((index, record))
     if fresh:
-        _insert(connection, fresh)
+        _insert(connection, fresh, name_failures)
         add_tags(connection, [record for _, record in fresh])
         append_events(
             connection,
@@ -116,19 +130,28 @@ def batch_create_tasks(
     return reply(records)
 
 
-def _insert(connection: Connection, fresh: list[tuple[int, TaskRecord]]) -> None:
+def _insert(
+    connection: Connection, fresh: list[tuple[int, TaskRecord]], name_failures: bool
+) -> None:
     """Inserts the new rows, or raises ALREADY_EXISTS naming the first item whose task_id is
     taken. Inside a savepoint: when a row does not go in, what did is undone first, so that
-    what is found taken afterwards was taken before."""
+    what is found taken afterwards was taken before. Without `name_failures`, no savepoint
+    (two statements fewer) and a ConcurrentCreate that names no item."""
     rows = [record for _, record in fresh]
-    connection.exec_driver_sql("SAVEPOINT batch_insert")
+    if name_failures:
+        connection.exec_driver_sql("SAVEPOINT batch_insert")
     if connection.dialect.name == "sqlite":
         complete = INSERT_SQLITE.execute_many(connection, rows) == len(rows)
     else:
         complete = len(connection.execute(INSERT_POSTGRESQL, rows).scalars().all()) == len(rows)
     if complete:
-        connection.exec_driver_sql("RELEASE SAVEPOINT batch_insert")
+        if name_failures:
+            connection.exec_driver_sql("RELEASE SAVEPOINT batch_insert")
         return
+    if not name_failures:
+        raise ConcurrentCreate(
+            "a task_id or request_id of these tasks is taken; nothing was created"
+        )
     connection.exec_driver_sql("ROLLBACK TO SAVEPOINT batch_insert")
     connection.exec_driver_sql("RELEASE SAVEPOINT batch_insert")
     ids = [record["task_id"] for record in rows]

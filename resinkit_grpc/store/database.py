@@ -40,6 +40,7 @@ from resinkit_grpc.store.writer import GroupWriter
 
 P = ParamSpec("P")
 T = TypeVar("T")
+Item = TypeVar("Item")
 Operation = Callable[Concatenate[Connection, P], T]
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,15 @@ class Database:
             lambda connection: operation(connection, *args, **kwargs),
             deadline=call_deadline.get(),
         )
+        return result
+
+    async def write_item(
+        self, together: Callable[[Connection, list[Item]], list[T]], item: Item
+    ) -> T:
+        """Runs together(connection, [item])[0] as write() runs an operation; the writer may run
+        it in one call of `together` with the items of other calls queued beside it (see
+        GroupWriter.submit_item), so `together` must answer each item as if it ran alone."""
+        result: T = await self._writer.submit_item(together, item, deadline=call_deadline.get())
         return result
 
     async def read(self, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

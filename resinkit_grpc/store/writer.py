@@ -9,7 +9,10 @@ keep failing, batches start that way). Operations must therefore be safe to run 
 functions of the database and their arguments, with no effect outside the transaction.
 
 Every statement the writer runs releases the GIL and must win it back from the event loop, so
-statements saved here are worth more than their own cost suggests.
+statements saved here are worth more than their own cost suggests. Hence `submit_item`: callers
+of the same kind of operation (CreateTask) queued one after another run as one call with all
+their items (one multi-row INSERT instead of one round trip each); should that call fail, the
+batch runs again isolated, each item alone, so that each caller still gets its own outcome.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64
 
 
+# An operation that can take several callers' items in one call: together(connection, items)
+# returns, in order, what each item's operation would have returned had they run one after
+# another in that transaction (values only: any failure raises, and the batch runs again
+# isolated, each item alone).
+Together = Callable[[Connection, list[Any]], list[Any]]
+
+
 @dataclass
 class _Job:
     run: Callable[[Connection], Any]
@@ -47,6 +57,10 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     # time.monotonic() past which the caller no longer waits; None: no deadline.
     deadline: float | None = None
+    # With `together`: this job's item, and its context (run is together on [item] in it).
+    together: Together | None = None
+    item: Any = None
+    context: contextvars.Context | None = None
 
 
 class _BatchFailed(Exception):
@@ -91,6 +105,25 @@ class GroupWriter:
     def submit(
         self, run: Callable[[Connection], Any], *, deadline: float | None = None
     ) -> asyncio.Future[Any]:
+        return self._submit(run, deadline, None, None)
+
+    def submit_item(
+        self, together: Together, item: Any, *, deadline: float | None = None
+    ) -> asyncio.Future[Any]:
+        """Runs together(connection, [item]); jobs of the same `together` that follow each
+        other in a batch run as one call of it, with all their items (on PostgreSQL, one
+        statement for many callers instead of one round trip each)."""
+        return self._submit(
+            lambda connection: together(connection, [item])[0], deadline, together, item
+        )
+
+    def _submit(
+        self,
+        run: Callable[[Connection], Any],
+        deadline: float | None,
+        together: Together | None,
+        item: Any,
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._stopped:
@@ -105,7 +138,7 @@ class GroupWriter:
             def in_context(connection: Connection) -> Any:
                 return context.run(run, connection)
 
-            self._queue.put(_Job(in_context, future, loop, deadline))
+            self._queue.put(_Job(in_context, future, loop, deadline, together, item, context))
             if self._stopped:  # it stopped while this was queued: nobody else will answer
                 self._answer_the_rest()
         return future
@@ -196,12 +229,11 @@ class GroupWriter:
         _settle(batch, outcomes)
 
     def _transaction(self, batch: list[_Job]) -> list[Any]:
-        runs = [job.run for job in batch]
         try:
             connection = self._connect()
-            outcomes = None if self._failing else self._run_straight(connection, runs)
+            outcomes = None if self._failing else self._run_straight(connection, batch)
             if outcomes is None:
-                outcomes = self._run_isolated(connection, runs)
+                outcomes = self._run_isolated(connection, [job.run for job in batch])
             self._failing = any(isinstance(outcome, Exception) for outcome in outcomes)
         except Exception as error:
             failed = error.__cause__ if isinstance(error, _CommitFailed) else error
@@ -210,22 +242,30 @@ class GroupWriter:
             raise _BatchFailed() from _as_caller_error(error)
         return outcomes
 
-    def _run_straight(
-        self, connection: Connection, runs: Sequence[Callable[[Connection], Any]]
-    ) -> list[Any] | None:
-        """The operations one after another, then one commit: the common case, three statements
-        per operation fewer than with savepoints. When one fails, nothing commits; a lone
-        operation's error is then its outcome, and a batch returns None, to run again isolated
-        (few batches hold a failing operation, and after one that did, batches start isolated
-        until one passes without a failure)."""
+    def _run_straight(self, connection: Connection, batch: Sequence[_Job]) -> list[Any] | None:
+        """The operations one after another (each run of jobs sharing a `together` as one
+        call), then one commit: the common case, three statements per operation fewer than
+        with savepoints. When one fails, nothing commits; a lone operation's error is then its
+        outcome, and a batch returns None, to run again isolated (few batches hold a failing
+        operation, and after one that did, batches start isolated until one passes without a
+        failure)."""
         with self._begin(connection) as transaction:
             try:
-                return [_run_checked(run, connection) for run in runs]
+                outcomes: list[Any] = []
+                for run, size in _runs(batch):
+                    done = _run_checked(run, connection)
+                    if size is None:
+                        outcomes.append(done)
+                    else:
+                        if len(done) != size:
+                            raise RuntimeError(f"together answered {len(done)} of {size} items")
+                        outcomes.extend(done)
+                return outcomes
             except Exception as error:
                 if _connection_lost(error):
                     raise
                 transaction.rollback()
-                return [_as_caller_error(error)] if len(runs) == 1 else None
+                return [_as_caller_error(error)] if len(batch) == 1 else None
 
     def _run_isolated(
         self, connection: Connection, runs: Sequence[Callable[[Connection], Any]]
@@ -282,6 +322,30 @@ class GroupWriter:
                 self._connection.invalidate()
                 self._connection.close()
             self._connection = None
+
+
+def _runs(batch: Sequence[_Job]) -> Iterator[tuple[Callable[[Connection], Any], int | None]]:
+    """What _run_straight calls, in order: each job's run, except that jobs of one `together`
+    following each other make one call of it with their items, in the first one's context
+    (its trace gets the statements); with how many outcomes that call returns (None: one)."""
+    start = 0
+    while start < len(batch):
+        together = batch[start].together
+        end = start + 1
+        while together is not None and end < len(batch) and batch[end].together is together:
+            end += 1
+        if together is None or end - start == 1:
+            yield batch[start].run, None
+        else:
+            yield _call_together(batch[start:end]), end - start
+        start = end
+
+
+def _call_together(jobs: Sequence[_Job]) -> Callable[[Connection], Any]:
+    together, context = jobs[0].together, jobs[0].context
+    assert together is not None and context is not None
+    items = [job.item for job in jobs]
+    return lambda connection: context.run(together, connection, items)
 
 
 def _stopped() -> StorageUnavailable:
