@@ -46,19 +46,31 @@ def notified(listener: psycopg.Connection[tuple[object, ...]], timeout: float) -
     return [n.channel for n in listener.notifies(timeout=timeout, stop_after=1)]
 
 
+@pytest.mark.parametrize("driver_begins", [True, False], ids=["psycopg-begins", "autocommit"])
 @pytest.mark.parametrize("ending", ["commit", "rollback"])
 def test_the_append_lock_is_held_to_the_end_and_only_a_commit_notifies(
-    engine: Engine, ending: str
+    engine: Engine, ending: str, driver_begins: bool
 ) -> None:
+    """Also where the driver begins no transaction (psycopg in autocommit mode, as the group
+    writer's connection runs): serialize_appends then begins it, with the lock in one round
+    trip, and what follows is inside it."""
     with connect(engine) as listener, connect(engine) as other:
         listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
         with engine.connect() as connection:
+            raw = connection.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            raw.autocommit = not driver_begins
             transaction = connection.begin()
             serialize_appends(connection)
+            connection.exec_driver_sql("CREATE TEMPORARY TABLE inside (n int)")
             serialize_appends(connection)  # again in the same transaction: still one holder
             assert not lock_is_free(other)
             assert notified(listener, 0.2) == []  # not before the commit
             getattr(transaction, ending)()
             assert lock_is_free(other)
+            kept = connection.exec_driver_sql("SELECT to_regclass('pg_temp.inside')").scalar()
+            assert (kept is not None) == (ending == "commit"), "a statement ran outside it"
+            connection.rollback()
+            raw.autocommit = False
         expected = [NOTIFY_CHANNEL] if ending == "commit" else []
         assert notified(listener, 5.0 if expected else 0.5) == expected

@@ -39,9 +39,13 @@ NOTIFY_CHANNEL = "resinkit_task_events"
 # The lock, and the NOTIFY its transaction sends when it commits, in one round trip: each one
 # the writer saves while holding the lock shortens every replica's wait for it. pg_notify with
 # an empty payload is what NOTIFY without one sends.
-APPEND_LOCK = text(
+_APPEND_LOCK_SQL = (
     f"SELECT pg_advisory_xact_lock({EVENT_APPEND_LOCK_KEY}), pg_notify('{NOTIFY_CHANNEL}', '')"
 )
+APPEND_LOCK = text(_APPEND_LOCK_SQL)
+# Where the driver begins no transaction by itself (the group writer's connection, in psycopg's
+# autocommit mode): BEGIN and the lock in one round trip (the simple query protocol runs both).
+BEGIN_WITH_APPEND_LOCK = "BEGIN; " + _APPEND_LOCK_SQL
 _APPENDS_LOCKED_BY = "resinkit_appends_locked_by"
 
 EVENT_FIELDS = (
@@ -217,14 +221,29 @@ def serialize_appends(connection: Connection) -> None:
     The group writer calls this first thing in each transaction, before any row lock: a
     transaction holding the append lock then never waits for a row lock held by one waiting
     for the append lock, so replicas cannot deadlock. Taking it again in the same transaction
-    is free."""
+    is free.
+
+    On a connection whose driver begins no transaction by itself (psycopg in autocommit mode:
+    the group writer's, see GroupWriter._connect) that has sent nothing yet, this also begins
+    the transaction, in the same round trip."""
     if connection.dialect.name != "postgresql":
         return
     transaction = connection.get_transaction()
     if connection.info.get(_APPENDS_LOCKED_BY) is transaction:
         return
-    connection.execute(APPEND_LOCK)
+    raw: Any = connection.connection.driver_connection  # psycopg's
+    if raw.autocommit and _idle(raw):
+        raw.execute(BEGIN_WITH_APPEND_LOCK)
+    else:
+        connection.execute(APPEND_LOCK)
     connection.info[_APPENDS_LOCKED_BY] = transaction
+
+
+def _idle(raw: Any) -> bool:
+    """Whether a psycopg connection is outside any transaction."""
+    import psycopg  # imported already: the connection is psycopg's
+
+    return bool(raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
 
 
 def read_log(

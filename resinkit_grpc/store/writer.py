@@ -295,7 +295,12 @@ class GroupWriter:
         """A transaction, prepared; committed at the end unless rolled back already."""
         transaction = connection.begin()
         try:
+            # On PostgreSQL prepare (events.serialize_appends) begins the transaction itself,
+            # with its lock in the same round trip; should it send nothing, BEGIN goes alone.
             self._prepare(connection)
+            raw = self._begins_itself(connection)
+            if raw is not None and _idle(raw):
+                raw.execute("BEGIN")
             yield transaction
             if transaction.is_active:
                 if not _can_commit(connection):
@@ -314,7 +319,24 @@ class GroupWriter:
             if self._connection is not None:
                 self._connection.close()
             self._connection = self._engine.connect()
+            raw = self._connection.connection.driver_connection
+            psycopg = _psycopg()
+            if psycopg is not None and isinstance(raw, psycopg.Connection):
+                # psycopg sends BEGIN as a round trip of its own before a transaction's first
+                # statement; with autocommit on it sends none, and _begin sends it with the
+                # transaction's first statement instead. This connection is the writer's
+                # alone (its engine's one), and every transaction on it goes through _begin.
+                raw.autocommit = True
         return self._connection
+
+    @staticmethod
+    def _begins_itself(connection: Connection) -> Any:
+        """The writer's psycopg connection (autocommit: it sends no BEGIN itself), or None."""
+        raw = connection.connection.driver_connection
+        psycopg = _psycopg()
+        if psycopg is not None and isinstance(raw, psycopg.Connection) and raw.autocommit:
+            return raw
+        return None
 
     def _discard_connection(self) -> None:
         if self._connection is not None:
@@ -378,6 +400,12 @@ def _can_commit(connection: Connection) -> bool:
     if psycopg is not None and isinstance(raw, psycopg.Connection):
         return bool(raw.info.transaction_status != psycopg.pq.TransactionStatus.INERROR)
     return True
+
+
+def _idle(raw: Any) -> bool:
+    """Whether a psycopg connection is outside any transaction."""
+    psycopg = _psycopg()
+    return bool(raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
 
 
 def _psycopg() -> Any:
