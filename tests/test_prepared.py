@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import TaskNotFound
-from resinkit_grpc.store import events, filter_indexes, migrations, tasks
+from resinkit_grpc.store import batches, events, filter_indexes, migrations, tasks
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.prepared import Prepared
 
@@ -186,10 +186,10 @@ def test_an_empty_in_list_is_refused(engine: Engine) -> None:
 def test_many_rows_go_in_as_sqlalchemy_would_put_them_in_order_and_counted(
     engine: Engine, count: int
 ) -> None:
-    """execute_many of an INSERT (multi-row INSERTs of power-of-two chunks on SQLite) stores
-    every row with its values bound as SQLAlchemy binds them, in the order given (the
-    autoincrement ids follow it), and counts the rows that went in (SQLite; psycopg's count
-    reaches SQLAlchemy as -1): a conflict DO NOTHING skips is not counted."""
+    """execute_many of an INSERT (multi-row INSERTs of power-of-two chunks on SQLite, one
+    INSERT ... SELECT FROM unnest(...) on PostgreSQL) stores every row with its values bound as
+    SQLAlchemy binds them, in the order given (the autoincrement ids follow it), and counts the
+    rows that went in: a conflict DO NOTHING skips is not counted."""
     with engine.begin() as connection:
         counted = connection.dialect.name == "sqlite"
         task_id = stored_task(connection)
@@ -206,7 +206,7 @@ def test_many_rows_go_in_as_sqlalchemy_would_put_them_in_order_and_counted(
             }
             for n in range(count)
         ]
-        assert events.INSERT.execute_many(connection, rows) == (count if counted else -1)
+        assert events.INSERT.execute_many(connection, rows) == count
         stored = connection.execute(
             select(*(events.events.c[name] for name in events.EVENT_FIELDS))
             .where(events.events.c.task_id == task_id, events.events.c.event_type == "UPDATED")
@@ -283,3 +283,35 @@ def test_a_returned_statements_errors_arrive_as_sqlalchemys_exceptions(engine: E
             record = tasks.get_task(connection, stored_task(connection))
         with pytest.raises(IntegrityError), connection.begin():
             duplicate.returned(connection, record)
+
+
+def test_many_returned_rows_equal_sqlalchemys_and_skip_conflicts(engine: Engine) -> None:
+    """returned_many (one unnest INSERT on PostgreSQL): every column of every task, of every
+    kind (JSON documents and NULLs, timestamps, booleans, text with quotes and braces), stored
+    as SQLAlchemy stores them, the RETURNING values in row order, a row DO NOTHING skips
+    (taken before, or twice among them) left out."""
+    with engine.begin() as connection:
+        taken = tasks.get_task(connection, stored_task(connection))
+        now = datetime.now(UTC)
+        fresh = [
+            tasks.new_record(
+                tasks.NewTask(
+                    task_id=f"many-{n}-" + '{"},\\',
+                    task_type="prepared",
+                    created_by="test",
+                    task_name=None if n % 2 else f"name {n} ☃",
+                    submitted_configs={"n": n, "nested": [None, {"q": '"'}]} if n else {},
+                    tags=[f"t{n}", "{x}"] if n % 3 else None,
+                    priority=-(2**31) if n == 1 else n,
+                ),
+                now + timedelta(microseconds=n),
+                None if n % 2 else now + timedelta(days=n),
+            )
+            for n in range(5)
+        ]
+        rows = [fresh[0], taken, fresh[1], fresh[2], dict(fresh[2]), fresh[3], fresh[4]]
+        returned = batches.INSERT_POSTGRESQL.returned_many(connection, rows)
+        assert returned == [record["task_id"] for record in fresh]
+        for record in fresh:
+            stored = tasks.get_task(connection, record["task_id"])
+            assert stored == {**record, "version": 1, "active": True}

@@ -56,7 +56,9 @@ _STORED = sum(
 )
 SELECT_STORED_SIZE = select(func.coalesce(func.sum(_STORED), 0)).where(tasks.c.task_id.in_(_IDS))
 INSERT_SQLITE = Prepared(sqlite.insert(tasks).on_conflict_do_nothing())
-INSERT_POSTGRESQL = postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id)
+INSERT_POSTGRESQL = Prepared(
+    postgresql.insert(tasks).on_conflict_do_nothing().returning(tasks.c.task_id)
+)
 # Past this many stored bytes a FULL batch cannot fit a response, whatever the encoding.
 MAX_STORED_BYTES = 8 * 1024 * 1024
 
@@ -143,7 +145,7 @@ def _insert(
     if connection.dialect.name == "sqlite":
         complete = INSERT_SQLITE.execute_many(connection, rows) == len(rows)
     else:
-        complete = len(connection.execute(INSERT_POSTGRESQL, rows).scalars().all()) == len(rows)
+        complete = len(INSERT_POSTGRESQL.returned_many(connection, rows)) == len(rows)
     if complete:
         if name_failures:
             connection.exec_driver_sql("RELEASE SAVEPOINT batch_insert")

@@ -35,7 +35,9 @@ statements (DRIVER_PATH.on = False sends every statement through SQLAlchemy, for
 
 from __future__ import annotations
 
+import dataclasses
 import operator
+import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,15 @@ MAX_EXPANDED = 256
 # limit on parameters).
 MAX_ROWS_PER_INSERT = 512
 _MISSING = object()
+# A placeholder as psycopg's dialect writes it, with the cast it may add: %(name)s::VARCHAR.
+_PLACEHOLDER = r"%\((\w+)\)s(?:::[A-Z][A-Z0-9_ ]*(?:\(\d+\))?)?"
+_PYFORMAT = re.compile(_PLACEHOLDER)
+# An INSERT of one VALUES row of placeholders only, and what comes before and after that row.
+_ONE_ROW_INSERT = re.compile(
+    rf"(?P<head>INSERT INTO .*?) VALUES "
+    rf"\((?P<row>{_PLACEHOLDER}(?:, {_PLACEHOLDER})*)\)(?P<tail>.*)",
+    re.DOTALL,
+)
 Statement = Select[Any] | Insert | Update
 
 
@@ -90,6 +101,8 @@ class Prepared:
         self.statement = statement
         self._sqlite: _Compiled | None = None
         self._postgresql: _Compiled | None = None
+        self._unnest_sql: _Compiled | None = None
+        self._unnest_known = False
 
     def execute(self, connection: Connection, params: Mapping[str, Any]) -> int:
         """Runs a DML statement; returns the driver's rowcount."""
@@ -103,7 +116,13 @@ class Prepared:
 
     def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         """Runs a DML statement (no IN lists) once per row; returns the driver's rowcount (the
-        rows it changed, on SQLite). An INSERT goes in as multi-row INSERTs, in row order."""
+        rows it changed, on SQLite and for an INSERT on PostgreSQL). An INSERT goes in as
+        multi-row INSERTs on SQLite, as one INSERT ... SELECT FROM unnest(...) on PostgreSQL,
+        in row order."""
+        if DRIVER_PATH.on and connection.dialect.name == "postgresql" and rows:
+            unnest = self._unnest_compiled(connection.dialect)
+            if unnest is not None:
+                return len(self._unnest(connection, unnest, rows, fetch=False))
         if not DRIVER_PATH.on or connection.dialect.name != "sqlite":
             return connection.execute(self.statement, [dict(row) for row in rows]).rowcount
         compiled = self._compiled(connection.dialect)
@@ -130,6 +149,63 @@ class Prepared:
         except sqlite3.Error as error:
             raise _wrapped(error, compiled, {}, connection.dialect) from error
 
+    def returned_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Runs an INSERT ... RETURNING for many rows (in order); returns the first column of
+        each row it returned (fewer than `rows` when ON CONFLICT DO NOTHING skipped some)."""
+        if DRIVER_PATH.on and connection.dialect.name == "postgresql" and rows:
+            unnest = self._unnest_compiled(connection.dialect)
+            if unnest is not None:
+                returned = self._unnest(connection, unnest, rows, fetch=True)
+                process = next((p for index, _, p in unnest.results if index == 0), None)
+                if process is None:
+                    return [row[0] for row in returned]
+                return [None if row[0] is None else process(row[0]) for row in returned]
+        result = connection.execute(self.statement, [dict(row) for row in rows])
+        return list(result.scalars().all())
+
+    def _unnest_compiled(self, dialect: Dialect) -> _Compiled | None:
+        """For an INSERT of one VALUES row: the same INSERT taking its rows from unnest() of
+        one array parameter per column (one short SQL text for any number of rows, which
+        psycopg parses once and PostgreSQL prepares, where a multi-row VALUES text of a batch
+        is long and new: psycopg's parse of it was a third of the writer's time); else None."""
+        if not self._unnest_known:
+            self._unnest_known = True
+            if isinstance(self.statement, Insert):
+                compiled = self.statement.compile(dialect=dialect)
+                whole = _ONE_ROW_INSERT.fullmatch(compiled.string)
+                if whole is not None:
+                    head, row, tail = whole.group("head", "row", "tail")
+                    names = tuple(_PYFORMAT.findall(row))
+                    arrays = ", ".join(
+                        f"%({name})s::{compiled.binds[name].type.compile(dialect=dialect)}[]"
+                        for name in names
+                    )
+                    base = self._postgresql_compiled(dialect)
+                    self._unnest_sql = dataclasses.replace(
+                        base,
+                        sql=f"{head} SELECT * FROM unnest({arrays}){tail}",
+                        names=names,
+                        binds=tuple(
+                            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                            for name in names
+                        ),
+                    )
+        return self._unnest_sql
+
+    def _unnest(
+        self,
+        connection: Connection,
+        compiled: _Compiled,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        fetch: bool,
+    ) -> list[tuple[Any, ...]]:
+        """Runs the unnest INSERT with `rows`; its RETURNING rows when `fetch`, else one
+        placeholder per row it inserted."""
+        columns = list(zip(*_bound_rows(compiled, rows), strict=True))
+        params = {name: list(values) for name, values in zip(compiled.names, columns, strict=True)}
+        return _run_postgresql(connection, compiled.sql, params, fetch=fetch)
+
     def returned(self, connection: Connection, params: Mapping[str, Any]) -> Any:
         """Runs a statement that returns at most one row (a DML statement's RETURNING, say);
         returns its first column, or None when it returned no row."""
@@ -141,39 +217,16 @@ class Prepared:
         return None if row is None else next(iter(row.values()))
 
     def _returned_postgresql(self, connection: Connection, params: Mapping[str, Any]) -> Any:
-        import psycopg  # imported already: the connection is psycopg's
-
         compiled = self._postgresql_compiled(connection.dialect)
         values = {
             name: value if value is None or process is None else process(value)
             for name, process in zip(compiled.names, compiled.binds, strict=True)
             for value in (params[name] if name in params else compiled.defaults[name],)
         }
-        if not connection.in_transaction():
-            connection.begin()  # SQLAlchemy's autobegin (psycopg sends BEGIN itself)
-        raw = connection.connection.driver_connection
-        assert isinstance(raw, psycopg.Connection)
-        try:
-            with raw.cursor() as cursor:
-                cursor.execute(compiled.sql, values)
-                row = cursor.fetchone() if cursor.description is not None else None
-        except psycopg.Error as error:
-            dbapi_error: Any = error
-            lost = connection.dialect.is_disconnect(
-                dbapi_error, connection.connection.dbapi_connection, None
-            )
-            raise DBAPIError.instance(
-                compiled.sql,
-                {},
-                error,
-                psycopg.Error,
-                hide_parameters=True,
-                connection_invalidated=lost,
-                dialect=connection.dialect,
-            ) from error
-        if row is None:
+        rows = _run_postgresql(connection, compiled.sql, values, fetch=True)
+        if not rows:
             return None
-        value = row[0]
+        value = rows[0][0]
         for index, _key, process in compiled.results:
             if index == 0 and value is not None:
                 value = process(value)
@@ -300,6 +353,40 @@ class Prepared:
                 ),
             )
         return self._sqlite
+
+
+def _run_postgresql(
+    connection: Connection, sql: str, params: Mapping[str, Any], *, fetch: bool
+) -> list[tuple[Any, ...]]:
+    """Runs `sql` through psycopg inside SQLAlchemy's transaction; the rows it returned when
+    `fetch` (none unless it returns rows), else one empty tuple per row it changed. Driver
+    errors are raised as SQLAlchemy's, a lost connection marked invalidated."""
+    import psycopg  # imported already: the connection is psycopg's
+
+    if not connection.in_transaction():
+        connection.begin()  # SQLAlchemy's autobegin (psycopg sends BEGIN itself)
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(sql, params)
+            if not fetch:
+                return [()] * max(cursor.rowcount, 0)
+            return cursor.fetchall() if cursor.pgresult and cursor.pgresult.ntuples else []
+    except psycopg.Error as error:
+        dbapi_error: Any = error
+        lost = connection.dialect.is_disconnect(
+            dbapi_error, connection.connection.dbapi_connection, None
+        )
+        raise DBAPIError.instance(
+            sql,
+            {},
+            error,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=lost,
+            dialect=connection.dialect,
+        ) from error
 
 
 def _bound_rows(compiled: _Compiled, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
