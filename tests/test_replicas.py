@@ -149,3 +149,48 @@ def test_dropped_database_connections_lose_no_acknowledged_write(
     watcher.stop()
     assert watcher.ids() == matching(rows)
     assert len(acknowledged) > 20
+
+
+def test_reads_after_the_database_dropped_every_connection_succeed_at_once(
+    backend: str, databases: Databases, start_server: Callable[..., ServerProcess]
+) -> None:
+    """PostgreSQL readers take no ping before a read (engine.py): a read that meets a pooled
+    connection the server dropped runs again on a new one, so that no caller sees the drop."""
+    if backend != "postgresql":
+        pytest.skip("pg_terminate_backend is PostgreSQL's")
+    server = start_server("--loop-read-budget", "0")
+    stub = server.stub()
+    tasks = [create(stub, "reread") for _ in range(3)]
+    ids = [task.task_id for task in tasks]
+
+    def read_all() -> None:
+        for task_id in ids:
+            assert stub.GetTask(pb.GetTaskRequest(task_id=task_id)).task_id == task_id
+        listed = stub.ListTasks(pb.ListTasksRequest(filter=pb.TaskFilter(task_types=["reread"])))
+        assert sorted(task.task_id for task in listed.tasks) == sorted(ids)
+        both = stub.BatchGetTasks(pb.BatchGetTasksRequest(task_ids=ids))
+        assert [task.task_id for task in both.tasks] == ids
+
+    with ThreadPoolExecutor(8) as pool:  # every read thread takes a pooled connection
+        for future in [pool.submit(read_all) for _ in range(16)]:
+            future.result()
+    database = server.database_url.rsplit("/", 1)[-1]
+    admin = create_engine(
+        databases.admin_url.render_as_string(hide_password=False), poolclass=NullPool
+    )
+    try:
+        with admin.begin() as connection:
+            killed = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": database},
+            ).scalar_one()
+        assert killed >= 2
+    finally:
+        admin.dispose()
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(read_all) for _ in range(16)]:
+            future.result()  # an UNAVAILABLE would raise here
+    assert "reading again on a new one" in server.log()

@@ -149,8 +149,17 @@ class Database:
     @staticmethod
     def _run(engine: Engine, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            with engine.begin() as connection:
-                return operation(connection, *args, **kwargs)
+            try:
+                with engine.begin() as connection:
+                    return operation(connection, *args, **kwargs)
+            except DBAPIError as exc:
+                # A pooled connection the server dropped meanwhile (PostgreSQL readers take no
+                # ping, see engine.py): the read, which changed nothing, once more on a new one.
+                if not exc.connection_invalidated or engine.dialect.name == "sqlite":
+                    raise
+                log.info("a pooled database connection was lost; reading again on a new one")
+                with engine.begin() as connection:
+                    return operation(connection, *args, **kwargs)
         except _Abandoned as exc:
             raise DeadlineExceeded("the caller stopped waiting for this read") from exc
         except (OperationalError, PoolTimeout) as exc:

@@ -148,13 +148,19 @@ POSTGRES_CONNECT_ARGS: dict[str, Any] = {
 
 def _postgres_engine(url: URL, settings: Settings, *, writer: bool) -> Engine:
     # One connection per thread that uses the pool: the writer's, or one per read thread.
-    # pre_ping replaces connections the server dropped (restart, pg_terminate_backend).
+    # The writer's: pre_ping replaces a connection the server dropped (restart,
+    # pg_terminate_backend) when the writer takes one. Readers' run in autocommit: under READ
+    # COMMITTED each statement has a snapshot of its own in a transaction or not, so BEGIN and
+    # the ROLLBACK that returned it to the pool were two round trips for nothing, and so was
+    # the ping (a SELECT 1 before every read); a read that meets a dropped connection is run
+    # once more on a new one instead (Database._run).
     return create_engine(
         url,
         hide_parameters=True,
         pool_size=1 if writer else settings.read_threads,
         max_overflow=0,
-        pool_pre_ping=True,
+        pool_pre_ping=writer,
         pool_timeout=settings.pool_timeout,
         connect_args=POSTGRES_CONNECT_ARGS,
+        **({} if writer else {"isolation_level": "AUTOCOMMIT"}),
     )
