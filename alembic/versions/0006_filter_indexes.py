@@ -17,12 +17,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from resinkit_grpc.store.filter_indexes import (
-    POSTGRESQL_INDEXES,
-    SQLITE_BACKFILL,
-    SQLITE_TRIGGERS,
-    task_tags,
-)
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -37,6 +31,39 @@ FILTER_INDEXES = tuple(
     if not (column != "created_by" and sort == "created_at")
 )
 ACTIVE_ONLY = {"sqlite_where": sa.text("active = 1"), "postgresql_where": sa.text("active")}
+
+# The side objects as store/filter_indexes.py defines them at this revision: written out here,
+# so that a later change to that module cannot change what this migration does.
+POSTGRESQL_INDEXES = {
+    "ix_tasks_tags_gin": "ON tasks USING gin (tags)",
+    "ix_tasks_task_name_trgm": "ON tasks USING gin (lower(task_name) gin_trgm_ops)",
+}
+SQLITE_TASK_TAGS = (
+    "CREATE TABLE task_tags (tag TEXT NOT NULL, task_id TEXT NOT NULL, "
+    "CONSTRAINT pk_task_tags PRIMARY KEY (tag, task_id)) WITHOUT ROWID",
+    "CREATE INDEX ix_task_tags_task_id ON task_tags (task_id)",
+)
+_ADD_TAGS = (
+    "INSERT OR IGNORE INTO task_tags (tag, task_id) "
+    "SELECT value, NEW.task_id FROM json_each(NEW.tags) WHERE type = 'text'"
+)
+SQLITE_TRIGGERS = {
+    "tr_tasks_tags_update": (
+        "CREATE TRIGGER tr_tasks_tags_update AFTER UPDATE OF tags ON tasks "
+        "WHEN OLD.tags IS NOT NEW.tags BEGIN "
+        "DELETE FROM task_tags WHERE task_id = OLD.task_id; "
+        f"{_ADD_TAGS}; END"
+    ),
+    "tr_tasks_tags_delete": (
+        "CREATE TRIGGER tr_tasks_tags_delete AFTER DELETE ON tasks "
+        "WHEN OLD.tags IS NOT NULL BEGIN DELETE FROM task_tags WHERE task_id = OLD.task_id; END"
+    ),
+}
+SQLITE_BACKFILL = (
+    "INSERT OR IGNORE INTO task_tags (tag, task_id) "
+    "SELECT each.value, tasks.task_id FROM tasks, json_each(tasks.tags) AS each "
+    "WHERE tasks.tags IS NOT NULL AND each.type = 'text'"
+)
 
 
 def upgrade() -> None:
@@ -61,7 +88,8 @@ def upgrade() -> None:
         return
     for name, column, sort in FILTER_INDEXES:
         op.create_index(name, "tasks", [column, sort, "task_id"], **ACTIVE_ONLY)
-    task_tags.create(op.get_bind())
+    for ddl in SQLITE_TASK_TAGS:
+        op.execute(ddl)
     op.execute(SQLITE_BACKFILL)
     for ddl in SQLITE_TRIGGERS.values():
         op.execute(ddl)
@@ -74,6 +102,7 @@ def downgrade() -> None:
     else:
         for name in SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
-        task_tags.drop(op.get_bind())
+        op.execute("DROP INDEX IF EXISTS ix_task_tags_task_id")
+        op.execute("DROP TABLE IF EXISTS task_tags")
     for name, _, _ in FILTER_INDEXES:
         op.drop_index(name, table_name="tasks")
