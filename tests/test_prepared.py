@@ -6,16 +6,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, bindparam, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.store import batches, events, filter_indexes, migrations, tasks
 from resinkit_grpc.store.engine import create_engines
-from resinkit_grpc.store.prepared import Prepared
+from resinkit_grpc.store.prepared import DRIVER_PATH, Prepared
 
 
 @pytest.fixture
@@ -315,3 +318,110 @@ def test_many_returned_rows_equal_sqlalchemys_and_skip_conflicts(engine: Engine)
         for record in fresh:
             stored = tasks.get_task(connection, record["task_id"])
             assert stored == {**record, "version": 1, "active": True}
+
+
+def _event_row(task_id: str, new_status: str | None) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "event_type": "UPDATED",
+        "event_data": None,
+        "previous_status": None,
+        "new_status": new_status,
+        "timestamp": datetime.now(UTC),
+        "actor": None,
+    }
+
+
+def test_an_over_long_value_is_refused_as_sqlalchemy_refuses_it(engine: Engine) -> None:
+    """From a review: new_status is VARCHAR(16), and an explicit cast of the unnest array to
+    VARCHAR(16)[] cut 17 characters down to 16 where SQLAlchemy's INSERT refuses them."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite keeps no VARCHAR length")
+    with engine.connect() as connection:
+        with connection.begin():
+            task_id = stored_task(connection)
+        rows = [_event_row(task_id, "X" * 17)] * 2
+        for through_driver in (False, True):
+            DRIVER_PATH.on = through_driver
+            try:
+                with pytest.raises(DBAPIError), connection.begin():
+                    events.INSERT.execute_many(connection, rows)
+            finally:
+                DRIVER_PATH.on = True
+        stored = connection.execute(
+            select(events.events.c.new_status).where(events.events.c.task_id == task_id)
+        ).scalars()
+        assert "X" * 16 not in list(stored)
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+_EVENT_ROWS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "event_type": _TEXT,
+            "event_data": st.none() | st.dictionaries(_TEXT, _JSON, max_size=3),
+            "previous_status": st.none() | st.text(max_size=16).filter(lambda s: "\x00" not in s),
+            "new_status": st.none() | st.sampled_from(["NULL", "null", "", " ", '"', "{}", "a,b"]),
+            "timestamp": st.datetimes(
+                min_value=datetime(1, 1, 2),
+                max_value=datetime(9999, 12, 30),
+                timezones=st.just(UTC),
+            ),
+            "actor": st.none() | _TEXT | st.sampled_from(["NULL", "null", "", " x ", "{", "}"]),
+        }
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(rows=_EVENT_ROWS)
+def test_many_rows_are_stored_exactly_as_sqlalchemy_stores_them(
+    engine: Engine, rows: list[dict[str, Any]]
+) -> None:
+    """From a review: any text (NUL-free; quotes, braces, backslashes, commas, the word NULL),
+    JSON documents with JSON nulls beside SQL NULLs and integers past 64 bits, timestamps of
+    years 1 to 9999: execute_many stores the same rows, in the same order, as SQLAlchemy's own
+    executemany (or fails where it fails)."""
+    fields = [events.events.c[name] for name in events.EVENT_FIELDS]
+    with engine.connect() as connection, connection.begin() as transaction:
+        ours, theirs = stored_task(connection), stored_task(connection)
+
+        def insert(task_id: str, through_driver: bool) -> None:
+            DRIVER_PATH.on = through_driver
+            try:
+                events.INSERT.execute_many(
+                    connection, [{**row, "task_id": task_id} for row in rows]
+                )
+            finally:
+                DRIVER_PATH.on = True
+
+        def read(task_id: str) -> list[dict[str, Any]]:
+            query = (
+                select(*fields)
+                .where(events.events.c.task_id == task_id, events.events.c.event_type != "CREATED")
+                .order_by(events.events.c.event_id)
+            )
+            return [row._asdict() | {"task_id": None} for row in connection.execute(query)]
+
+        try:
+            insert(ours, True)
+        except DBAPIError:
+            transaction.rollback()
+            with pytest.raises(DBAPIError), connection.begin():
+                insert(stored_task(connection), False)
+            return
+        insert(theirs, False)
+        assert read(ours) == read(theirs)
+        assert [row["timestamp"] for row in read(ours)] == [row["timestamp"] for row in rows]
+        transaction.rollback()

@@ -496,3 +496,25 @@ def test_items_queued_together_run_as_one_call_in_queue_order(database: Database
             select(events_table.c.task_id).order_by(events_table.c.event_id)
         ).scalars()
         assert list(log) == ["c1", "c2", "c3", "between", "c4", "c5"]
+
+
+def commit_under_the_writer(connection: Connection, task_id: str) -> str:
+    """Ends the writer's transaction under it (a stray COMMIT) and writes on: on PostgreSQL the
+    writer's connection is in psycopg's autocommit mode, so what follows commits on its own."""
+    tasks.create_task(connection, new_task(f"{task_id}-before"))
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("COMMIT")
+    tasks.create_task(connection, new_task(f"{task_id}-after"))
+    return "carried on"
+
+
+def test_an_operation_that_ends_the_transaction_under_it_is_never_reported_committed(
+    database: Database,
+) -> None:
+    """From a review: the check before COMMIT looked only for PostgreSQL's aborted state, and a
+    transaction that had ended (so that the rest ran statement by statement) passed it."""
+    with pytest.raises((TransactionAborted, StorageUnavailable)):
+        asyncio.run(database.write(commit_under_the_writer, "stray"))
+    created = asyncio.run(database.write(tasks.create_task, new_task("after-stray")))
+    assert created["task_id"] == "after-stray", "the writer did not recover"

@@ -176,8 +176,11 @@ class Prepared:
                 if whole is not None:
                     head, row, tail = whole.group("head", "row", "tail")
                     names = tuple(_PYFORMAT.findall(row))
+                    # Each array as its column's type without length or precision: an
+                    # explicit cast to VARCHAR(16) cuts a longer value short where the INSERT's
+                    # own assignment to the column refuses it, as SQLAlchemy's INSERT would.
                     arrays = ", ".join(
-                        f"%({name})s::{compiled.binds[name].type.compile(dialect=dialect)}[]"
+                        f"%({name})s::{_unsized(compiled.binds[name].type, dialect)}[]"
                         for name in names
                     )
                     base = self._postgresql_compiled(dialect)
@@ -353,6 +356,11 @@ class Prepared:
                 ),
             )
         return self._sqlite
+
+
+def _unsized(type_: Any, dialect: Dialect) -> str:
+    """A column type's SQL without its length or precision: VARCHAR(16) -> VARCHAR."""
+    return re.sub(r"\s*\([^)]*\)", "", type_.compile(dialect=dialect))
 
 
 def _run_postgresql(

@@ -390,15 +390,17 @@ def _run_checked(run: Callable[[Connection], Any], connection: Connection) -> An
 
 
 def _can_commit(connection: Connection) -> bool:
-    """False when COMMIT would succeed having saved nothing: PostgreSQL aborted the transaction
-    at an error (and turns COMMIT into ROLLBACK), or SQLite rolled it back by itself (after a
-    full disk, for one)."""
+    """False when COMMIT would succeed having saved nothing, or not all of it atomically:
+    PostgreSQL aborted the transaction at an error (and turns COMMIT into ROLLBACK), or the
+    transaction ended under the operation (SQLite rolled it back by itself, after a full disk
+    for one; or a stray COMMIT: on the writer's connection, in psycopg's autocommit mode, what
+    followed it committed statement by statement)."""
     raw = connection.connection.dbapi_connection
     if isinstance(raw, sqlite3.Connection):
         return raw.in_transaction
     psycopg = _psycopg()
     if psycopg is not None and isinstance(raw, psycopg.Connection):
-        return bool(raw.info.transaction_status != psycopg.pq.TransactionStatus.INERROR)
+        return bool(raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS)
     return True
 
 
