@@ -158,3 +158,33 @@ def test_a_database_newer_than_the_code_is_refused_in_one_line(
     last = result.stderr.strip().splitlines()[-1]
     assert "9999_future" in last and HEAD in last
     assert "Traceback" not in result.stderr
+
+
+def test_the_name_statistics_target_comes_with_0008_and_goes_with_its_downgrade(
+    new_database_url: Callable[[], str], backend: str
+) -> None:
+    """PostgreSQL plans name_contains from the statistics of lower(task_name): 0008 raises
+    their target on the trigram index's expression, and its downgrade sets it back."""
+    if backend != "postgresql":
+        pytest.skip("SQLite keeps no statistics")
+    url = new_database_url()
+
+    def target() -> int:
+        engine = create_engine(url)
+        try:
+            with engine.connect() as connection:
+                return int(
+                    connection.execute(
+                        text(
+                            "SELECT coalesce(attstattarget, -1) FROM pg_attribute "
+                            "WHERE attrelid = 'ix_tasks_task_name_trgm'::regclass AND attnum = 1"
+                        )
+                    ).scalar_one()
+                )
+        finally:
+            engine.dispose()
+
+    assert alembic(url, "upgrade", "head").returncode == 0
+    assert target() == 1000
+    assert alembic(url, "downgrade", "0007").returncode == 0
+    assert target() == -1
