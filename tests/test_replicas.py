@@ -26,6 +26,27 @@ from tests.watching import Watcher, matching, table_events
 FAST_HEARTBEAT = ("--heartbeat-interval", "0.2")
 
 
+def drop_connections(databases: Databases, server: ServerProcess) -> int:
+    """Terminates every connection to the server's PostgreSQL database; how many there were."""
+    database = server.database_url.rsplit("/", 1)[-1]
+    admin = create_engine(
+        databases.admin_url.render_as_string(hide_password=False), poolclass=NullPool
+    )
+    try:
+        with admin.begin() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": database},
+                ).scalar_one()
+            )
+    finally:
+        admin.dispose()
+
+
 def hold_a_late_commit(database_url: str, started: threading.Event, seconds: float) -> str:
     """Creates a task (and its event) through the store itself, then keeps the transaction
     open: a commit that lands after others have started. Returns the task id."""
@@ -112,31 +133,18 @@ def test_dropped_database_connections_lose_no_acknowledged_write(
             except grpc.RpcError as error:
                 failures.append(error.code())
 
-    database = server.database_url.rsplit("/", 1)[-1]
-    admin = create_engine(
-        databases.admin_url.render_as_string(hide_password=False), poolclass=NullPool
-    )
     threads = [threading.Thread(target=write, args=(server.stub(),)) for _ in range(4)]
     for thread in threads:
         thread.start()
     try:
         for _ in range(5):
             time.sleep(0.4)
-            with admin.begin() as connection:
-                killed = connection.execute(
-                    text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = :name AND pid <> pg_backend_pid()"
-                    ),
-                    {"name": database},
-                ).scalar_one()
-            assert killed > 0
+            assert drop_connections(databases, server) > 0
         time.sleep(0.5)
     finally:
         stop.set()
         for thread in threads:
             thread.join(30)
-        admin.dispose()
     # Calls caught by a dropped connection fail as UNAVAILABLE, never anything else...
     assert set(failures) <= {grpc.StatusCode.UNAVAILABLE}
     # ...and calls after it succeed again.
@@ -174,22 +182,7 @@ def test_reads_after_the_database_dropped_every_connection_succeed_at_once(
     with ThreadPoolExecutor(8) as pool:  # every read thread takes a pooled connection
         for future in [pool.submit(read_all) for _ in range(16)]:
             future.result()
-    database = server.database_url.rsplit("/", 1)[-1]
-    admin = create_engine(
-        databases.admin_url.render_as_string(hide_password=False), poolclass=NullPool
-    )
-    try:
-        with admin.begin() as connection:
-            killed = connection.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": database},
-            ).scalar_one()
-        assert killed >= 2
-    finally:
-        admin.dispose()
+    assert drop_connections(databases, server) >= 2
     with ThreadPoolExecutor(8) as pool:
         for future in [pool.submit(read_all) for _ in range(16)]:
             future.result()  # an UNAVAILABLE would raise here
