@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -58,6 +59,17 @@ def create_engines(settings: Settings) -> tuple[Engine, Engine]:
 UNICODE_LOWER = "unicode_lower"
 # Set in a connection's info: its statements run without BEGIN, each one atomic on its own.
 AUTOCOMMIT = "resinkit_autocommit"
+
+
+def unbegun(connection: Connection) -> Any:
+    """The psycopg connection under `connection` when it begins no transaction by itself
+    (autocommit mode: the group writer's) and is outside any: a transaction on it must start
+    with an explicit BEGIN. None otherwise (psycopg begins one itself, or one is open; SQLite)."""
+    psycopg = sys.modules.get("psycopg")  # loaded only with a PostgreSQL URL
+    raw = connection.connection.driver_connection
+    if psycopg is None or not isinstance(raw, psycopg.Connection) or not raw.autocommit:
+        return None
+    return raw if raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE else None
 
 
 def describe(error: BaseException) -> str:

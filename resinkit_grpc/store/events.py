@@ -25,6 +25,7 @@ from resinkit_grpc.errors import TaskNotFound
 from resinkit_grpc.notification_config import Webhook
 from resinkit_grpc.rules import EventType, TaskStatus
 from resinkit_grpc.store import deliveries
+from resinkit_grpc.store.engine import unbegun
 from resinkit_grpc.store.models import Task, TaskEvent
 from resinkit_grpc.store.prepared import Prepared
 from resinkit_grpc.store.retention import purged_through
@@ -231,19 +232,12 @@ def serialize_appends(connection: Connection) -> None:
     transaction = connection.get_transaction()
     if connection.info.get(_APPENDS_LOCKED_BY) is transaction:
         return
-    raw: Any = connection.connection.driver_connection  # psycopg's
-    if raw.autocommit and _idle(raw):
+    raw = unbegun(connection)
+    if raw is not None:
         raw.execute(BEGIN_WITH_APPEND_LOCK)
     else:
         connection.execute(APPEND_LOCK)
     connection.info[_APPENDS_LOCKED_BY] = transaction
-
-
-def _idle(raw: Any) -> bool:
-    """Whether a psycopg connection is outside any transaction."""
-    import psycopg  # imported already: the connection is psycopg's
-
-    return bool(raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
 
 
 def read_log(

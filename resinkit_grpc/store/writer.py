@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from resinkit_grpc.errors import DeadlineExceeded, Overloaded, ResinkitError, StorageUnavailable
-from resinkit_grpc.store.engine import describe
+from resinkit_grpc.store.engine import describe, unbegun
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +298,8 @@ class GroupWriter:
             # On PostgreSQL prepare (events.serialize_appends) begins the transaction itself,
             # with its lock in the same round trip; should it send nothing, BEGIN goes alone.
             self._prepare(connection)
-            raw = self._begins_itself(connection)
-            if raw is not None and _idle(raw):
+            raw = unbegun(connection)
+            if raw is not None:
                 raw.execute("BEGIN")
             yield transaction
             if transaction.is_active:
@@ -328,15 +328,6 @@ class GroupWriter:
                 # alone (its engine's one), and every transaction on it goes through _begin.
                 raw.autocommit = True
         return self._connection
-
-    @staticmethod
-    def _begins_itself(connection: Connection) -> Any:
-        """The writer's psycopg connection (autocommit: it sends no BEGIN itself), or None."""
-        raw = connection.connection.driver_connection
-        psycopg = _psycopg()
-        if psycopg is not None and isinstance(raw, psycopg.Connection) and raw.autocommit:
-            return raw
-        return None
 
     def _discard_connection(self) -> None:
         if self._connection is not None:
@@ -402,12 +393,6 @@ def _can_commit(connection: Connection) -> bool:
     if psycopg is not None and isinstance(raw, psycopg.Connection):
         return bool(raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS)
     return True
-
-
-def _idle(raw: Any) -> bool:
-    """Whether a psycopg connection is outside any transaction."""
-    psycopg = _psycopg()
-    return bool(raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
 
 
 def _psycopg() -> Any:
