@@ -145,13 +145,10 @@ def catch_up(connection: Connection, limit: int = CATCH_UP_BATCH) -> int:
         f"WHERE n.task_id IN ({changed}) "
         f"AND (t.task_name IS NULL OR {UNICODE_LOWER}(t.task_name) IS NOT n.name)"
     )
-    # External content: FTS5 removes a row given the values it was indexed with.
-    connection.exec_driver_sql(
-        f"INSERT INTO {FTS} ({FTS}, rowid, name) "
-        f"SELECT 'delete', key, name FROM {TABLE} WHERE key IN ({stale})",
-        span,
-    )
-    connection.exec_driver_sql(f"DELETE FROM {TABLE} WHERE key IN ({stale})", span)
+    # Usually none: looked for once, and dropped by key only when there are some.
+    keys = connection.exec_driver_sql(stale, span).scalars().all()
+    if keys:
+        _drop(connection, "key IN (SELECT value FROM json_each(?))", json.dumps(keys))
     # New rows take keys above the largest one there is (INTEGER PRIMARY KEY).
     top = connection.exec_driver_sql(f"SELECT coalesce(max(key), 0) FROM {TABLE}").scalar_one()
     connection.exec_driver_sql(
@@ -195,14 +192,19 @@ def rebuild(connection: Connection) -> None:
 
 def _forget(connection: Connection, task_ids: Iterable[str]) -> None:
     ids = json.dumps(list(task_ids))
-    if ids == "[]":
-        return
-    chosen = f"FROM {TABLE} WHERE task_id IN (SELECT value FROM json_each(?))"
+    if ids != "[]":
+        _drop(connection, "task_id IN (SELECT value FROM json_each(?))", ids)
+
+
+def _drop(connection: Connection, where: str, values: str) -> None:
+    """Removes the names `WHERE where` (one parameter, `values`) from the table and from its
+    FTS5 index."""
+    chosen = f"FROM {TABLE} WHERE {where}"
     # External content: FTS5 removes a row given the values it was indexed with.
     connection.exec_driver_sql(
-        f"INSERT INTO {FTS} ({FTS}, rowid, name) SELECT 'delete', key, name {chosen}", (ids,)
+        f"INSERT INTO {FTS} ({FTS}, rowid, name) SELECT 'delete', key, name {chosen}", (values,)
     )
-    connection.exec_driver_sql(f"DELETE {chosen}", (ids,))
+    connection.exec_driver_sql(f"DELETE {chosen}", (values,))
 
 
 def _set_through(connection: Connection, event_id: int) -> None:
