@@ -75,9 +75,10 @@ def add_tags(connection: Connection, records: Sequence[Mapping[str, Any]]) -> No
         INSERT_TAGS.execute_many(connection, rows)
 
 
+NAME_TRIGRAM_INDEX = "ix_tasks_task_name_trgm"
 POSTGRESQL_INDEXES = {
     "ix_tasks_tags_gin": "ON tasks USING gin (tags)",
-    "ix_tasks_task_name_trgm": "ON tasks USING gin (lower(task_name) gin_trgm_ops)",
+    NAME_TRIGRAM_INDEX: "ON tasks USING gin (lower(task_name) gin_trgm_ops)",
 }
 
 # Not in the models' metadata: alembic's comparison must neither miss nor propose them.

@@ -36,7 +36,7 @@ from resinkit_grpc.errors import (
     TaskStateConflict,
 )
 from resinkit_grpc.rules import EventType, TaskStatus, allowed_next, can_transition
-from resinkit_grpc.store import name_index
+from resinkit_grpc.store import name_index, name_words
 from resinkit_grpc.store.clock import utcnow
 from resinkit_grpc.store.engine import UNICODE_LOWER, fold
 from resinkit_grpc.store.events import append_event, append_with, with_event
@@ -279,7 +279,10 @@ def list_tasks(
         else:
             query = dataclasses.replace(query, created_after=None)
     dense = frozenset[str]()
-    if connection.dialect.name == "sqlite":
+    narrow = None
+    if connection.dialect.name == "postgresql" and query.name_contains:
+        narrow = name_words.narrower(connection, fold(query.name_contains))
+    elif connection.dialect.name == "sqlite":
         pattern = fold(query.name_contains) if query.name_contains else ""
         # PostgreSQL's planner has statistics (ANALYZE) and chooses for itself.
         dense = dense_conditions(
@@ -295,9 +298,17 @@ def list_tasks(
             active_only=not query.show_deleted,
         )
     shape = _list_shape(
-        connection.dialect.name, query, order, keyset=after is not None, full=full, dense=dense
+        connection.dialect.name,
+        query,
+        order,
+        keyset=after is not None,
+        full=full,
+        dense=dense,
+        name_narrowed=narrow is not None,
     )
     params = _list_params(query, limit=limit, max_bytes=max_bytes)
+    if narrow is not None:
+        params["name_word_pattern"] = f"%{_like_escape(narrow)}%"
     if after is not None:
         params["after_value"], params["after_task_id"] = after
     return _list_statement(shape).all(connection, params)
@@ -525,6 +536,8 @@ class _ListShape:
     name_contains: bool
     # SQLite: name_contains read through store/name_index.py (a pattern it can serve, and rare).
     name_indexed: bool
+    # PostgreSQL: the trigram index asked for the pattern's rarest word (store/name_words.py).
+    name_narrowed: bool
     tags_any: bool
     tags_all: int
     created_after: bool
@@ -543,6 +556,7 @@ def _list_shape(
     keyset: bool,
     full: bool,
     dense: frozenset[str] = frozenset(),
+    name_narrowed: bool = False,
 ) -> _ListShape:
     return _ListShape(
         dense=dense,
@@ -554,6 +568,7 @@ def _list_shape(
         name_indexed=bool(query.name_contains)
         and name_index.serves(dialect, fold(query.name_contains))
         and "name_contains" not in dense,
+        name_narrowed=name_narrowed,
         tags_any=bool(query.tags_any),
         tags_all=len(query.tags_all),
         created_after=query.created_after is not None,
@@ -581,6 +596,7 @@ def _list_params(query: TaskQuery, *, limit: int, max_bytes: int) -> dict[str, A
     if query.name_contains:
         folded = fold(query.name_contains)
         params["name_pattern"] = f"%{_like_escape(folded)}%"
+        params["name_folded"] = folded
         params["name_phrase"] = name_index.phrase(folded)
     return params
 
@@ -636,7 +652,17 @@ def _conditions(shape: _ListShape) -> list[ColumnElement[bool]]:
     if shape.name_contains:
         # SQLite's own lower() and LIKE fold ASCII only; its unicode_lower folds every script.
         lower = getattr(func, UNICODE_LOWER) if shape.dialect == "sqlite" else func.lower
-        conditions.append(lower(c.task_name).like(bindparam("name_pattern"), escape=LIKE_ESCAPE))
+        if shape.name_narrowed:
+            # The index finds the names with the pattern's rarest word; strpos, which it
+            # cannot serve, then tests the whole pattern on those alone.
+            conditions.append(
+                lower(c.task_name).like(bindparam("name_word_pattern"), escape=LIKE_ESCAPE)
+            )
+            conditions.append(func.strpos(lower(c.task_name), bindparam("name_folded")) > 0)
+        else:
+            conditions.append(
+                lower(c.task_name).like(bindparam("name_pattern"), escape=LIKE_ESCAPE)
+            )
         if shape.name_indexed:
             conditions.append(c.task_id.in_(name_index.candidates()))
     if shape.tags_any:
