@@ -60,11 +60,14 @@ class Sample:
 
 def words(pattern: str) -> list[str]:
     """The parts of `pattern` (folded) that could be asked of the index alone: each run of
-    letters and digits of at least SHORTEST_WORD characters (pg_trgm's words), with the
-    character before it when there is one."""
+    at least SHORTEST_WORD ASCII letters and digits, with the character before it when there
+    is one. pg_trgm's words are runs of the letters and digits of the database's locale; in
+    every locale those include the ASCII ones, so such a run always gives trigrams (a run of
+    other letters might give none under the C locale, and a LIKE without a trigram reads the
+    whole index)."""
     found, start = [], None
     for index, char in enumerate(pattern + " "):
-        if char.isalnum():
+        if char.isascii() and char.isalnum():
             start = index if start is None else start
             continue
         if start is not None and index - start >= SHORTEST_WORD:
