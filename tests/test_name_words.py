@@ -21,7 +21,7 @@ from resinkit_grpc.store import name_words
 from resinkit_grpc.store import tasks as store
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.migrations import migrate
-from resinkit_grpc.store.name_words import Sample, narrowest, words
+from resinkit_grpc.store.name_words import Sample, has, narrowest, words
 from resinkit_grpc.store.prepared import DRIVER_PATH
 from resinkit_grpc.store.tasks import SortOrder, TaskQuery, tasks
 from tests.databases import Databases
@@ -38,6 +38,14 @@ def test_words_are_runs_of_three_letters_or_digits_with_the_character_before() -
     assert words("load 12") == ["load"]  # "12": too short to be asked alone
     assert words("ΩΩΩ-straße_x") == ["-stra"]  # ASCII runs only: they give trigrams anywhere
     assert words("%_/") == []
+
+
+def test_a_word_after_a_separator_is_found_after_any_separator() -> None:
+    """pg_trgm's trigrams of ' orders', '_orders' and '-orders' are the same: so are the
+    sample's counts."""
+    assert has("daily_orders_1", " orders") and has("daily-orders", "_orders")
+    assert has("orders of the day", " orders")  # the start of a name starts a word
+    assert not has("xorders", " orders") and has("xorders", "orders")
 
 
 @given(pattern=st.text(min_size=1, max_size=20), common=st.lists(st.text(max_size=12)))

@@ -14,10 +14,14 @@ the most common values and the histogram bounds of the index's expression (up to
 since migration 0008), read at most once every SAMPLE_SECONDS per database and process. With no
 statistics yet (a database never analyzed), a pattern of one word, or no word rarer than
 NARROW_AT, the pattern goes to the index whole, as before. Either way the rows returned are
-exactly those whose folded name contains the pattern: the word is part of the pattern."""
+exactly those whose folded name contains the pattern: the word is part of the pattern. What
+the sample cannot know is what changed since the table was last analyzed (autovacuum does it
+once a tenth of the rows changed): a word that has become common since makes the page test
+more rows than the whole pattern would have, until then, as the planner's own choices do."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -31,6 +35,8 @@ from resinkit_grpc.store.filter_indexes import NAME_TRIGRAM_INDEX
 SAMPLE_SECONDS = 60.0
 # The index is asked for a word alone when at most this share of the names contain it.
 NARROW_AT = 0.01
+# Words of a pattern weighed, the longest: each costs a substring search of the sample.
+MOST_WORDS = 4
 # Words shorter than this are never asked alone: with no separator before them they give
 # pg_trgm no trigram, and it would read the whole index.
 SHORTEST_WORD = 3
@@ -50,12 +56,42 @@ class Sample:
     bounds: tuple[str, ...]
     rest: float  # the share of rows the bounds stand for
 
-    def share(self, word: str) -> float:
-        """About what share of the rows have a name containing `word`."""
-        found = sum(frequency for value, frequency in self.common if word in value)
-        if self.bounds:
-            found += self.rest * sum(word in value for value in self.bounds) / len(self.bounds)
+    def share(self, word: str, enough: float = math.inf) -> float:
+        """About what share of the rows have a name in which the index finds `word`'s
+        trigrams (see `has`); counting stops once past `enough`."""
+        found = 0.0
+        for value, frequency in self.common:
+            if has(value, word):
+                found += frequency
+                if found > enough:
+                    return found
+        each = self.rest / len(self.bounds) if self.bounds else 0.0
+        for value in self.bounds:
+            if has(value, word):
+                found += each
+                if found > enough:
+                    return found
         return found
+
+
+def has(name: str, word: str) -> bool:
+    """Whether `name` has `word` as pg_trgm sees it: its letters and digits, at the start of a
+    word of the name when `word` begins with a separator (pg_trgm's trigrams of ' load', '_load'
+    and '-load' are the same). Anything but an ASCII letter or digit counts as a separator here,
+    which errs towards finding the word more often, never less."""
+    if _word_char(word[0]):
+        return word in name
+    word = word[1:]
+    at = name.find(word)
+    while at >= 0:
+        if at == 0 or not _word_char(name[at - 1]):
+            return True
+        at = name.find(word, at + 1)
+    return False
+
+
+def _word_char(char: str) -> bool:
+    return char.isascii() and char.isalnum()
 
 
 def words(pattern: str) -> list[str]:
@@ -67,7 +103,7 @@ def words(pattern: str) -> list[str]:
     whole index)."""
     found, start = [], None
     for index, char in enumerate(pattern + " "):
-        if char.isascii() and char.isalnum():
+        if _word_char(char):
             start = index if start is None else start
             continue
         if start is not None and index - start >= SHORTEST_WORD:
@@ -78,15 +114,20 @@ def words(pattern: str) -> list[str]:
 
 def narrowest(pattern: str, sample: Sample | None, narrow_at: float | None = None) -> str | None:
     """The word of `pattern` to ask the index for instead of the whole pattern, or None: the
-    rarest in `sample`, if at most `narrow_at` (NARROW_AT) of the rows have it."""
+    rarest in `sample` of its MOST_WORDS longest, if at most `narrow_at` (NARROW_AT) of the rows
+    have it. Among equally rare words the longest (more trigrams, fewer rows to test)."""
     if sample is None:
         return None
-    candidates = [word for word in words(pattern) if word != pattern]
-    if not candidates:
-        return None
-    # The rarest; among equally rare ones the longest (more trigrams, fewer rows to test).
-    word = min(candidates, key=lambda word: (sample.share(word), -len(word)))
-    return word if sample.share(word) <= (NARROW_AT if narrow_at is None else narrow_at) else None
+    limit = NARROW_AT if narrow_at is None else narrow_at
+    candidates = sorted(dict.fromkeys(w for w in words(pattern) if w != pattern), key=len)
+    best, least = None, math.inf
+    # Longest first, and a word stops being counted once it is too common: a page pays for a
+    # few substring searches of the sample, whatever the pattern.
+    for word in reversed(candidates[-MOST_WORDS:]):
+        share = sample.share(word, enough=limit)
+        if share <= limit and share < least:
+            best, least = word, share
+    return best
 
 
 def narrower(connection: Connection, pattern: str) -> str | None:
