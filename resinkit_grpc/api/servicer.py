@@ -123,7 +123,9 @@ class TaskService(pb_grpc.TaskServiceServicer):
         self, request: pb.ListTasksRequest, context: Context
     ) -> pb.ListTasksResponse:
         page = parse.list_tasks(request, self._tokens)
-        rows = await self._db.read(
+        # Pages of one filter and order cost about the same: see Database.read_alike.
+        rows = await self._db.read_alike(
+            page.fingerprint,
             tasks.list_tasks,
             page.query,
             page.order,

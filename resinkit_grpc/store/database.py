@@ -23,7 +23,8 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -44,6 +45,13 @@ Item = TypeVar("Item")
 Operation = Callable[Concatenate[Connection, P], T]
 
 log = logging.getLogger(__name__)
+
+# Database.read_alike: how long a kind of read that ran past the loop's budget goes straight
+# to a read thread, how many such kinds are remembered (the most recent), and how often one of
+# them tries the loop again all the same.
+LONG_READ_SECONDS = 60.0
+LONG_READ_KINDS = 1024
+PROBE_EVERY = 8
 
 # The time.monotonic() past which the caller of the store operations in progress no longer
 # waits, or None. Each RPC runs in a task of its own, so setting it concerns that call alone.
@@ -68,6 +76,7 @@ class Database:
             settings.read_threads, thread_name_prefix="resinkit-read"
         )
         self._loop_reader = None
+        self._long_reads = _LongReads()
         if self.dialect == "sqlite" and settings.loop_read_budget > 0:
             self._loop_reader = LoopReader(self.reader_engine, settings.loop_read_budget / 1000)
         self._commit_listeners: list[
@@ -121,12 +130,37 @@ class Database:
         """Runs `operation(connection, ...)` and returns its result. On SQLite it runs on the
         event loop first, under a budget (see LoopReader); otherwise, or when it needs more
         than the budget, in one read transaction on a read thread."""
-        if self._loop_reader is not None:
+        return await self._read(None, operation, *args, **kwargs)
+
+    async def read_alike(
+        self, kind: Hashable, operation: Operation[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """read(), for reads that come again and cost about the same each time, `kind` naming
+        them (a list's filter and order: its pages, and the same page asked again). Once one
+        of a kind has run past the loop's budget, the next ones go straight to a read thread
+        for LONG_READ_SECONDS, instead of spending the budget on the loop first; but every
+        PROBE_EVERY-th still tries the loop, and one that fits sends its kind back there (a
+        read that ran long once, by chance, costs a few hops to a read thread, no more)."""
+        return await self._read(kind, operation, *args, **kwargs)
+
+    async def _read(
+        self,
+        kind: Hashable | None,
+        operation: Operation[P, T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        if self._loop_reader is not None and not self._long_reads.holds(kind):
             try:
                 result: T = self._loop_reader.run(lambda c: operation(c, *args, **kwargs))
-                return result
-            except OverBudget:
+            except OverBudget as over:
                 log.debug("read %s moved to a read thread", getattr(operation, "__name__", "?"))
+                if over.slow and kind is not None:
+                    self._long_reads.long(kind)
+            else:
+                if kind is not None:
+                    self._long_reads.short(kind)
+                return result
         loop = asyncio.get_running_loop()
         read = _AbandonableRead(call_deadline.get())
         try:
@@ -178,6 +212,35 @@ class Database:
         self._readers.shutdown(wait=True)
         self.writer_engine.dispose()
         self.reader_engine.dispose()
+
+
+class _LongReads:
+    """The kinds of read (Database.read_alike) that ran past the loop's budget lately: at most
+    LONG_READ_KINDS of them, each for LONG_READ_SECONDS. Used on the event loop only."""
+
+    def __init__(self) -> None:
+        # kind -> [until (time.monotonic()), reads sent to a read thread since]
+        self._kinds: OrderedDict[Hashable, list[float]] = OrderedDict()
+
+    def holds(self, kind: Hashable | None) -> bool:
+        """Whether a read of `kind` is to go straight to a read thread."""
+        entry = None if kind is None else self._kinds.get(kind)
+        if entry is None:
+            return False
+        if time.monotonic() >= entry[0]:
+            del self._kinds[kind]
+            return False
+        entry[1] += 1
+        return entry[1] % PROBE_EVERY != 0
+
+    def long(self, kind: Hashable) -> None:
+        self._kinds[kind] = [time.monotonic() + LONG_READ_SECONDS, 0]
+        self._kinds.move_to_end(kind)
+        while len(self._kinds) > LONG_READ_KINDS:
+            self._kinds.popitem(last=False)
+
+    def short(self, kind: Hashable) -> None:
+        self._kinds.pop(kind, None)
 
 
 class _Abandoned(Exception):

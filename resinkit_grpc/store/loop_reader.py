@@ -31,6 +31,10 @@ STEP = 500
 class OverBudget(Exception):
     """The read was interrupted (too long) or refused (busy): run it on a read thread."""
 
+    def __init__(self, *, slow: bool) -> None:
+        super().__init__()
+        self.slow = slow  # it ran out of time (not: the database was busy)
+
 
 class LoopReader:
     def __init__(self, engine: Engine, budget_seconds: float) -> None:
@@ -53,7 +57,7 @@ class LoopReader:
         try:
             return operation(self._connection)
         except OperationalError as error:
-            raise OverBudget() from error
+            raise OverBudget(slow=time.perf_counter() > self._deadline) from error
         finally:
             self._connection.rollback()  # SQLAlchemy's bookkeeping only: no SQL was begun
 
