@@ -139,6 +139,7 @@ def test_pages_with_in_lists_equal_sqlalchemys_own(engine: Engine) -> None:
             created_by=False,
             name_contains=False,
             name_indexed=False,
+            name_narrowed=False,
             tags_any=True,
             tags_all=0,
             created_after=False,
