@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, insert, text
+from sqlalchemy import Connection, Engine, insert, text
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.store import batches, filter_indexes
 from resinkit_grpc.store import tasks as store
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.migrations import migrate
-from resinkit_grpc.store.prepared import DRIVER_PATH
 from resinkit_grpc.store.tasks import NewTask, SortOrder, TaskQuery, tasks
 from tests.databases import Databases
+from tests.listing import explained, listed, page_statement
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 NAMES = ("Nightly load", "STRASSE", "straße", "İstanbul", "adhoc 100%_done", "ΩΩ job", None)
@@ -97,18 +97,6 @@ def expected(data: list[dict[str, Any]], query: TaskQuery, order: SortOrder) -> 
     return [row["task_id"] for row in found]
 
 
-def listed(connection: Connection, query: TaskQuery, order: SortOrder) -> list[str]:
-    """Every page, 7 rows at a time."""
-    seen: list[str] = []
-    after = None
-    while True:
-        page = store.list_tasks(connection, query, order, after=after, limit=7, full=False)
-        seen.extend(row["task_id"] for row in page)
-        if len(page) < 7:
-            return seen
-        after = (page[-1][order.field], page[-1]["task_id"])
-
-
 @pytest.fixture(scope="module")
 def filled(backend: str, databases: Databases, module_dir: Path) -> Iterator[tuple[Engine, Any]]:
     """A database with tasks written at revision 0004, then migrated to head."""
@@ -144,28 +132,12 @@ def test_the_migration_keeps_every_list_result_in_every_order(
 
 def plan(connection: Connection, query: TaskQuery, order: SortOrder, keyset: bool) -> str:
     """The database's plan for one ListTasks page, as one text."""
-    captured: list[tuple[str, Any]] = []
-
-    def grab(*args: Any) -> None:
-        captured.append((args[2], args[3]))
-
     after = (BASE + timedelta(minutes=75) if order.field != "priority" else 1, "t-0150")
-    event.listen(connection, "before_cursor_execute", grab)
-    DRIVER_PATH.on = False  # through SQLAlchemy, whose events see the statement
-    try:
-        store.list_tasks(
-            connection, query, order, after=after if keyset else None, limit=51, full=False
-        )
-    finally:
-        DRIVER_PATH.on = True
-        event.remove(connection, "before_cursor_execute", grab)
-    sql, params = captured[-1]
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    if connection.dialect.name == "sqlite":
-        cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
-        return "\n".join(str(row[-1]) for row in cursor.fetchall())
-    cursor.execute(f"EXPLAIN {sql}", params)
-    return "\n".join(str(row[0]) for row in cursor.fetchall())
+    sql, params = page_statement(connection, query, order, after=after if keyset else None)
+    rows = explained(connection, sql, params)
+    return "\n".join(
+        str(row[-1] if connection.dialect.name == "sqlite" else row[0]) for row in rows
+    )
 
 
 @pytest.mark.parametrize("name", INDEXED)

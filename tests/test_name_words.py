@@ -14,17 +14,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, event, insert, text
+from sqlalchemy import Connection, Engine, insert, text
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.store import name_words
-from resinkit_grpc.store import tasks as store
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.migrations import migrate
 from resinkit_grpc.store.name_words import Sample, has, narrowest, words
-from resinkit_grpc.store.prepared import DRIVER_PATH
 from resinkit_grpc.store.tasks import SortOrder, TaskQuery, tasks
 from tests.databases import Databases
+from tests.listing import explained, listed, page_statement
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 ODD_NAMES = ("load 50%_done", "Straße load 77", "ΩΩ load 1234", "load/1234", "x_load 12 34", None)
@@ -112,17 +111,6 @@ def analyzed(
     reader.dispose()
 
 
-def _listed(connection: Connection, query: TaskQuery, order: SortOrder) -> list[str]:
-    seen: list[str] = []
-    after = None
-    while True:
-        page = store.list_tasks(connection, query, order, after=after, limit=50, full=False)
-        seen.extend(row["task_id"] for row in page)
-        if len(page) < 50:
-            return seen
-        after = (page[-1][order.field], page[-1]["task_id"])
-
-
 def _expected(data: list[dict[str, Any]], pattern: str, order: SortOrder) -> list[str]:
     found = [row for row in data if pattern.lower() in (row["task_name"] or "").lower()]
     found.sort(key=lambda row: (row[order.field], row["task_id"]), reverse=order.descending)
@@ -130,22 +118,8 @@ def _expected(data: list[dict[str, Any]], pattern: str, order: SortOrder) -> lis
 
 
 def _plan(connection: Connection, query: TaskQuery, order: SortOrder) -> str:
-    captured: list[tuple[str, Any]] = []
-
-    def grab(*args: Any) -> None:
-        captured.append((args[2], args[3]))
-
-    event.listen(connection, "before_cursor_execute", grab)
-    DRIVER_PATH.on = False  # through SQLAlchemy, whose events see the statement
-    try:
-        store.list_tasks(connection, query, order, after=None, limit=51, full=False)
-    finally:
-        DRIVER_PATH.on = True
-        event.remove(connection, "before_cursor_execute", grab)
-    sql, params = captured[-1]
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(f"EXPLAIN {sql}", params)
-    return "\n".join(str(row[0]) for row in cursor.fetchall())
+    sql, params = page_statement(connection, query, order)
+    return "\n".join(str(row[0]) for row in explained(connection, sql, params))
 
 
 def test_a_rare_word_is_what_the_index_is_asked_for(
@@ -171,7 +145,7 @@ def test_a_rare_word_is_what_the_index_is_asked_for(
         connection.execute(text("RESET enable_seqscan"))
         connection.execute(text("RESET enable_indexscan"))
         for pattern in ("LOAD 1234", "load 12", "nightly load", "load 50%_", "straße load"):
-            assert _listed(connection, TaskQuery(name_contains=pattern), order) == _expected(
+            assert listed(connection, TaskQuery(name_contains=pattern), order) == _expected(
                 data, pattern, order
             ), pattern
 
@@ -188,8 +162,8 @@ def test_every_pattern_lists_exactly_the_names_that_contain_it(
     monkeypatch.setattr(name_words, "NARROW_AT", 1.0)
     order = SortOrder("created_at", descending=False)
     with engine.connect() as connection:
-        listed = _listed(connection, TaskQuery(name_contains=pattern), order)
-    assert listed == _expected(data, pattern, order)
+        found = listed(connection, TaskQuery(name_contains=pattern), order, limit=50)
+    assert found == _expected(data, pattern, order)
 
 
 def test_a_database_never_analyzed_asks_for_the_whole_pattern(

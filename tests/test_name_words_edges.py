@@ -6,6 +6,7 @@ than asking the whole pattern did."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, event, insert, text
+from sqlalchemy import Connection, Engine, insert, text
 
 from resinkit_grpc.config import Settings
 from resinkit_grpc.store import name_words
@@ -23,9 +24,9 @@ from resinkit_grpc.store import tasks as store
 from resinkit_grpc.store.engine import create_engines
 from resinkit_grpc.store.migrations import migrate
 from resinkit_grpc.store.name_words import Sample, narrowest
-from resinkit_grpc.store.prepared import DRIVER_PATH
 from resinkit_grpc.store.tasks import SortOrder, TaskQuery, tasks
 from tests.databases import Databases
+from tests.listing import explained, listed, page_statement
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 # Pieces of names and patterns: LIKE's metacharacters and its escape, backslashes, quotes,
@@ -100,12 +101,20 @@ def _rows(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def _new_engine(databases: Databases, directory: Path) -> tuple[Engine, Engine]:
+@contextlib.contextmanager
+def _new_engine(databases: Databases, directory: Path) -> Iterator[Engine]:
+    """A new PostgreSQL database at head, its engines disposed and the samples forgotten
+    afterwards."""
     engine, reader = create_engines(
         Settings(database_url=databases.new_url("postgresql", directory))
     )
-    migrate(engine)
-    return engine, reader
+    try:
+        migrate(engine)
+        yield engine
+    finally:
+        name_words.clear()
+        engine.dispose()
+        reader.dispose()
 
 
 def _analyze(engine: Engine) -> None:
@@ -120,33 +129,17 @@ def odd(
     """3,000 tasks with odd names, analyzed, and each name as PostgreSQL's lower() folds it."""
     if backend != "postgresql":
         pytest.skip("PostgreSQL's trigram index only")
-    engine, reader = _new_engine(databases, module_dir)
-    data = _rows(3000)
-    with engine.begin() as connection:
-        connection.execute(insert(tasks), data)
-        select_folded = text("SELECT task_id, lower(task_name) FROM tasks")
-        folded: dict[str, str | None] = {
-            task_id: name for task_id, name in connection.execute(select_folded)
-        }
-    _analyze(engine)
-    name_words.clear()
-    yield engine, data, folded
-    name_words.clear()
-    engine.dispose()
-    reader.dispose()
-
-
-def _listed(
-    connection: Connection, query: TaskQuery, order: SortOrder, limit: int, full: bool
-) -> list[str]:
-    seen: list[str] = []
-    after = None
-    while True:
-        page = store.list_tasks(connection, query, order, after=after, limit=limit, full=full)
-        seen.extend(row["task_id"] for row in page)
-        if len(page) < limit:
-            return seen
-        after = (page[-1][order.field], page[-1]["task_id"])
+    with _new_engine(databases, module_dir) as engine:
+        data = _rows(3000)
+        with engine.begin() as connection:
+            connection.execute(insert(tasks), data)
+            select_folded = text("SELECT task_id, lower(task_name) FROM tasks")
+            folded: dict[str, str | None] = {
+                task_id: name for task_id, name in connection.execute(select_folded)
+            }
+        _analyze(engine)
+        name_words.clear()
+        yield engine, data, folded
 
 
 def _expected(
@@ -203,15 +196,15 @@ def test_narrowed_or_not_every_filter_order_and_page_lists_the_same_rows(
 ) -> None:
     engine, data, folded = odd
     expected = _expected(data, folded, query, order)
-    listed: list[list[str]] = []
+    runs: list[list[str]] = []
     with engine.connect() as connection:
         # Both statements of the shape are cached side by side (_list_statement): each must
         # keep its own parameters.
         for narrow_at in (1.0, -1.0, 1.0):
             monkeypatch.setattr(name_words, "NARROW_AT", narrow_at)
-            listed.append(_listed(connection, query, order, limit, full))
+            runs.append(listed(connection, query, order, limit=limit, full=full))
         counts = store.count_by_status(connection, query)
-    narrowed, whole, again = listed
+    narrowed, whole, again = runs
     assert narrowed == expected, (query, name_words.words((query.name_contains or "").lower()))
     assert whole == expected
     assert again == expected
@@ -231,7 +224,7 @@ def test_every_candidate_word_alone_lists_the_same_rows(
         for word in name_words.words(pattern.lower()):
             monkeypatch.setattr(name_words, "narrower", lambda connection, p, word=word: word)
             with engine.connect() as connection:
-                assert _listed(connection, query, order, 4, False) == expected, (pattern, word)
+                assert listed(connection, query, order, limit=4) == expected, (pattern, word)
 
 
 def test_the_sample_reads_back_the_names_pg_stats_keeps(
@@ -240,9 +233,8 @@ def test_the_sample_reads_back_the_names_pg_stats_keeps(
     """Names that are array-literal syntax ('{', '"', ',', '\\', 'NULL') come back whole."""
     if backend != "postgresql":
         pytest.skip("PostgreSQL's trigram index only")
-    engine, reader = _new_engine(databases, tmp_path)
     names = ["NULL", 'a "quoted", {braced} name', "back\\slash abc", "ẞ load", " spaced  "]
-    try:
+    with _new_engine(databases, tmp_path) as engine:
         with engine.begin() as connection:
             connection.execute(
                 insert(tasks),
@@ -257,10 +249,6 @@ def test_the_sample_reads_back_the_names_pg_stats_keeps(
         assert sample is not None
         assert {value for value, _ in sample.common} | set(sample.bounds) == want
         assert sample.bounds == () and sample.rest < 0.01  # five values: all most common
-    finally:
-        name_words.clear()
-        engine.dispose()
-        reader.dispose()
 
 
 def test_a_table_of_null_names_has_no_sample(
@@ -268,8 +256,7 @@ def test_a_table_of_null_names_has_no_sample(
 ) -> None:
     if backend != "postgresql":
         pytest.skip("PostgreSQL's trigram index only")
-    engine, reader = _new_engine(databases, tmp_path)
-    try:
+    with _new_engine(databases, tmp_path) as engine:
         with engine.begin() as connection:
             connection.execute(insert(tasks), [{**row, "task_name": None} for row in _rows(300)])
         _analyze(engine)
@@ -287,30 +274,12 @@ def test_a_table_of_null_names_has_no_sample(
                 )
                 == []
             )
-    finally:
-        name_words.clear()
-        engine.dispose()
-        reader.dispose()
 
 
 def _index_rows(connection: Connection, query: TaskQuery) -> int:
     """How many row pointers the trigram index handed over for the page's statement."""
-    captured: list[tuple[str, Any]] = []
-
-    def grab(*args: Any) -> None:
-        captured.append((args[2], args[3]))
-
-    event.listen(connection, "before_cursor_execute", grab)
-    DRIVER_PATH.on = False
-    try:
-        store.list_tasks(connection, query, SortOrder(), after=None, limit=51, full=False)
-    finally:
-        DRIVER_PATH.on = True
-        event.remove(connection, "before_cursor_execute", grab)
-    sql, params = captured[-1]
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
-    plan = cursor.fetchone()[0][0]["Plan"]  # type: ignore[index]
+    sql, params = page_statement(connection, query, SortOrder())
+    plan = explained(connection, sql, params, "(ANALYZE, FORMAT JSON)")[0][0][0]["Plan"]
 
     def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield node
@@ -336,8 +305,7 @@ def test_a_word_the_sample_lacks_is_not_asked_alone_when_its_trigrams_are_everyw
 ) -> None:
     if backend != "postgresql":
         pytest.skip("PostgreSQL's trigram index only")
-    engine, reader = _new_engine(databases, tmp_path)
-    try:
+    with _new_engine(databases, tmp_path) as engine:
         names = [common.format(i) for i in range(20_000)] + [rare.format(i) for i in range(5)]
         with engine.begin() as connection:
             connection.execute(
@@ -364,10 +332,6 @@ def test_a_word_the_sample_lacks_is_not_asked_alone_when_its_trigrams_are_everyw
         # Before the fix: word ' orders' / ' backup', 20,005 rows handed over (every one
         # rechecked); now the rare first word.
         assert narrowed <= 10 * whole + 100, (word, narrowed, whole)
-    finally:
-        name_words.clear()
-        engine.dispose()
-        reader.dispose()
 
 
 def test_choosing_a_word_costs_a_bounded_number_of_substring_tests(
